@@ -1,0 +1,1 @@
+//! Arming the boot counter and reading its verdict.

@@ -1,0 +1,1 @@
+//! The configuration file (/etc/otter/otter.conf).

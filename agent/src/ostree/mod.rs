@@ -1,0 +1,1 @@
+//! ostree: see lib.rs.

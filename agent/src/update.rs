@@ -1,0 +1,1 @@
+//! The update flow: source -> fetch -> verify -> import -> deploy.

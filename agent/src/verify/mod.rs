@@ -1,0 +1,1 @@
+//! verify: see lib.rs.

@@ -1,0 +1,1 @@
+//! Board profiles (see README). Filled in by the board-support work.

@@ -1,0 +1,1 @@
+//! otter-boot library: boot-count backends and health checks.

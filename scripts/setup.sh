@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need on a Debian bookworm machine:
+# the real tools our formats are checked against, and the Rust cross target.
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+log=${OTTER_SETUP_LOG:-/tmp/otter-setup.log}
+packages=(
+  ostree skopeo umoci minisign zstd jq openssl ca-certificates
+  grub-common libubootenv-tool u-boot-tools
+  docker-registry apache2-utils mosquitto mosquitto-clients
+  qemu-system-arm u-boot-qemu dosfstools mtools e2fsprogs fdisk busybox-static cpio
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross time python3 python3-venv
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing: ${missing[*]} (log: $log)"
+  # Packages like docker-registry and mosquitto start a system service on install; we start our
+  # own servers from the tests, so keep apt from launching daemons that would outlive us.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod 755 /usr/sbin/policy-rc.d
+    trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  if ! { $sudo apt-get update && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"; } >"$log" 2>&1 </dev/null; then
+    tail -n 40 "$log"
+    echo "setup: apt-get install failed (full log: $log)" >&2
+    exit 1
+  fi
+fi
+
+if ! rustup target list --installed | grep -qx aarch64-unknown-linux-musl; then
+  echo "== rustup target add aarch64-unknown-linux-musl"
+  rustup target add aarch64-unknown-linux-musl >"$log.rustup" 2>&1 || { cat "$log.rustup"; exit 1; }
+fi
+echo "== setup done"
