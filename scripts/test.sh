@@ -4,6 +4,9 @@
 # the static aarch64 build, and the QEMU aarch64 rig. Installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib-reap.sh
+trap reap_leftovers EXIT
+exec </dev/null
 
 # Servers the tests start write to files, never to our stdout: nothing may outlive this script
 # holding the terminal or a CI pipe open.
