@@ -1,1 +1,1 @@
-//! import: see lib.rs.
+//! import: OCI layers into an ostree commit (in progress).
