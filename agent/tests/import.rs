@@ -509,9 +509,14 @@ fn hostile_layers_are_refused_and_change_nothing() {
             "nope",
         ),
         ("truncated tar", TAR, big[..1536].to_vec(), "truncated"),
-        ("truncated gzip", TAR_GZ, gzip(&big)[..60].to_vec(), "layer"),
-        ("garbage tar", TAR, vec![0x5a; 4096], "layer"),
-        ("garbage gzip", TAR_GZ, vec![0x5a; 4096], "layer"),
+        (
+            "truncated gzip",
+            TAR_GZ,
+            gzip(&big)[..60].to_vec(),
+            "deflate",
+        ),
+        ("garbage tar", TAR, vec![0x5a; 4096], "corrupt layer"),
+        ("garbage gzip", TAR_GZ, vec![0x5a; 4096], "gzip header"),
         (
             "unknown media type",
             "application/x-rar",
@@ -524,6 +529,7 @@ fn hostile_layers_are_refused_and_change_nothing() {
             .map(|_| ())
             .expect_err(what);
         let msg = format!("{err:#}");
+        eprintln!("{what}: {msg}");
         assert!(
             msg.contains(needle),
             "{what}: error does not mention {needle:?}: {msg}"

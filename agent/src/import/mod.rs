@@ -49,6 +49,10 @@ pub const MAX_PATH_DEPTH: usize = 256;
 
 const _: () = assert!(MAX_PATH_DEPTH < MAX_TREE_DEPTH);
 
+/// Largest zstd window accepted (2^25 = 32 MiB): bounds decoder memory. Frames made with
+/// `zstd --long` and a bigger window are refused ("Frame requires too much memory").
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 25;
+
 /// Top-level directories whose content is dropped (API filesystems and scratch space).
 const EMPTIED_DIRS: [&str; 5] = ["dev", "proc", "sys", "run", "tmp"];
 
@@ -153,9 +157,13 @@ impl<'r> Importer<'r> {
                 Box::new(flate2::read::MultiGzDecoder::new(&mut *layer))
             }
             "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Box::new(
-                zstd::stream::read::Decoder::new(&mut *layer).context("starting zstd decoder")?,
-            ),
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
+                let mut d = zstd::stream::read::Decoder::new(&mut *layer)
+                    .context("starting zstd decoder")?;
+                d.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                    .context("limiting the zstd window")?;
+                Box::new(d)
+            }
             other => bail!(
                 "unsupported layer media type {other:?}: otter imports OCI tar, tar+gzip, tar+zstd \
                  and Docker rootfs.diff.tar.gzip layers"
@@ -464,7 +472,7 @@ fn dir_mut<'a>(
                 }),
             );
         }
-        let here = comps[..=i].join("/");
+        let here = || comps[..=i].join("/");
         match dir.children.get_mut(c) {
             Some(Node::Dir(d)) => {
                 if create {
@@ -473,12 +481,15 @@ fn dir_mut<'a>(
                 dir = d;
             }
             Some(Node::File { symlink: true, .. }) => {
-                bail!("path goes through the symlink {here:?}; refusing to write through symlinks")
+                bail!(
+                    "path goes through the symlink {:?}; refusing to write through symlinks",
+                    here()
+                )
             }
             Some(Node::File { .. }) => {
-                bail!("path goes through {here:?}, which is not a directory")
+                bail!("path goes through {:?}, which is not a directory", here())
             }
-            None => bail!("directory {here:?} vanished"),
+            None => bail!("directory {:?} vanished", here()),
         }
     }
     Ok(Some(dir))
