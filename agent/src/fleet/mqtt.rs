@@ -26,6 +26,8 @@ pub const OUTGOING_QUEUE: usize = 512;
 pub const MAX_INFLIGHT: usize = 32;
 /// Incoming messages waiting for the daemon.
 pub const INCOMING_QUEUE: usize = 32;
+/// Retained topics whose last message the session keeps to publish again after a reconnect.
+pub const RETAINED_KEEP: usize = 8;
 
 /// Session settings.
 #[derive(Clone, Debug)]
@@ -114,6 +116,7 @@ impl Client {
                     inflight: BTreeMap::new(),
                     next_id: 1,
                     pending: session_pending,
+                    retained: BTreeMap::new(),
                 };
                 s.run();
             })
@@ -204,6 +207,10 @@ struct Session {
     inflight: BTreeMap<u16, Publish>,
     next_id: u16,
     pending: Arc<AtomicUsize>,
+    /// Last retained message per topic: published again after every reconnect, so a broker
+    /// that lost its state (restart without persistence) gets the status back even while the
+    /// daemon is busy with a long update.
+    retained: BTreeMap<String, Vec<u8>>,
 }
 
 enum End {
@@ -342,8 +349,27 @@ impl Session {
                 .write_all(&codec::encode_publish(&p).context("encoding PUBLISH")?)
                 .context("re-sending unacknowledged PUBLISH")?;
         }
-        // Frames already read past SUBACK are impossible before we subscribed to anything
-        // new, except publishes of the persistent session: hand them on.
+        let inflight_topics: Vec<String> =
+            self.inflight.values().map(|p| p.topic.clone()).collect();
+        let again: Vec<(String, Vec<u8>)> = self
+            .retained
+            .iter()
+            .filter(|(t, _)| !inflight_topics.contains(t))
+            .map(|(t, p)| (t.clone(), p.clone()))
+            .collect();
+        for (topic, payload) in again {
+            let p = Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: true,
+                topic,
+                packet_id: None,
+                payload,
+            };
+            stream
+                .write_all(&codec::encode_publish(&p).context("encoding PUBLISH")?)
+                .context("re-publishing retained state")?;
+        }
         Ok(session_present)
     }
 
@@ -529,6 +555,11 @@ impl Session {
                         break;
                     }
                 };
+                if m.retain
+                    && (self.retained.contains_key(&m.topic) || self.retained.len() < RETAINED_KEEP)
+                {
+                    self.retained.insert(m.topic.clone(), m.payload.clone());
+                }
                 let packet_id = match m.qos {
                     QoS::AtMostOnce => None,
                     _ => Some(self.packet_id()),
