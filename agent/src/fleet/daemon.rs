@@ -339,37 +339,91 @@ pub fn run_daemon(
     actions: &mut dyn FleetActions,
     clock: &dyn Clock,
 ) -> Result<()> {
-    let device = match &opts.device_id {
-        Some(d) => d.clone(),
-        None => identity::device_id(&opts.sysroot)?,
-    };
-    identity::check_topic_level("device id", &device)?;
-    let group = opts.group.clone().unwrap_or_else(|| "default".into());
-    identity::check_topic_level("group", &group)?;
-    let topics = Topics::new(&device, &group);
-    let fleetlock = match &opts.fleetlock_url {
-        Some(u) => Some(FleetLock::new(u, &device, &group)?),
-        None => None,
-    };
-    let client = match &opts.mqtt {
-        None => None,
-        Some(m) => Some(start_mqtt(m, &device, &topics)?),
-    };
-    let mut d = Daemon {
-        opts,
-        actions,
-        clock,
-        out: Out { client, topics },
-        device,
-        group,
-        fleetlock,
-        steady_reported: false,
-        recent: VecDeque::new(),
-        last: Value::Null,
-        staged: None,
-    };
+    let mut d = Daemon::new(opts, actions, clock, true)?;
     d.run();
     Ok(())
+}
+
+/// One timer round and exit (`otter daemon --once`, run by `otter-upgrade.timer`): no MQTT.
+/// Errors when the check or the staging failed.
+pub fn run_timer_once(
+    opts: DaemonOptions,
+    actions: &mut dyn FleetActions,
+    clock: &dyn Clock,
+) -> Result<()> {
+    let mut d = Daemon::new(opts, actions, clock, false)?;
+    d.report_steady_state();
+    let now = d.clock.now_unix();
+    d.tick(now)
+}
+
+/// Sets `stop` when SIGTERM or SIGINT arrives (for `otter daemon`).
+pub fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    static SIGNALLED: AtomicBool = AtomicBool::new(false);
+    extern "C" fn on_signal(_: libc::c_int) {
+        SIGNALLED.store(true, Ordering::SeqCst);
+    }
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
+        unsafe { sigaction(sig, &action) }
+            .with_context(|| format!("installing a handler for {sig}"))?;
+    }
+    std::thread::Builder::new()
+        .name("otter-signals".into())
+        .spawn(move || loop {
+            if SIGNALLED.load(Ordering::SeqCst) {
+                stop.store(true, Ordering::SeqCst);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        })
+        .context("starting the signal watcher thread")?;
+    Ok(())
+}
+
+impl<'a> Daemon<'a> {
+    fn new(
+        opts: DaemonOptions,
+        actions: &'a mut dyn FleetActions,
+        clock: &'a dyn Clock,
+        with_mqtt: bool,
+    ) -> Result<Daemon<'a>> {
+        let device = match &opts.device_id {
+            Some(d) => d.clone(),
+            None => identity::device_id(&opts.sysroot)?,
+        };
+        identity::check_topic_level("device id", &device)?;
+        let group = opts.group.clone().unwrap_or_else(|| "default".into());
+        identity::check_topic_level("group", &group)?;
+        let topics = Topics::new(&device, &group);
+        let fleetlock = match &opts.fleetlock_url {
+            Some(u) => Some(FleetLock::new(u, &device, &group)?),
+            None => None,
+        };
+        let client = match &opts.mqtt {
+            Some(m) if with_mqtt => Some(start_mqtt(m, &device, &topics)?),
+            _ => None,
+        };
+        Ok(Daemon {
+            opts,
+            actions,
+            clock,
+            out: Out { client, topics },
+            device,
+            group,
+            fleetlock,
+            steady_reported: false,
+            recent: VecDeque::new(),
+            last: Value::Null,
+            staged: None,
+        })
+    }
 }
 
 fn start_mqtt(m: &MqttSettings, device: &str, topics: &Topics) -> Result<Client> {
@@ -466,7 +520,9 @@ impl Daemon<'_> {
             if let (Some(t), Some(interval)) = (next_tick, self.opts.timer_interval) {
                 let now = self.clock.now_unix();
                 if now >= t {
-                    self.tick(now);
+                    if let Err(e) = self.tick(now) {
+                        log::warn!("timer: {e:#}");
+                    }
                     next_tick = Some(now + interval.as_secs().max(1) as i64);
                 }
             }
@@ -606,8 +662,8 @@ impl Daemon<'_> {
         true
     }
 
-    /// One timer round, as the policy says.
-    fn tick(&mut self, now: i64) {
+    /// One timer round, as the policy says. Failures are reported as events and returned.
+    fn tick(&mut self, now: i64) -> Result<()> {
         self.report_steady_state();
         let id = Value::String(format!("timer-{now}"));
         let mut progress = ProgressTo {
@@ -621,7 +677,7 @@ impl Daemon<'_> {
                 self.out
                     .event(json!({"id": id, "event": "failed", "op": "check",
                     "message": format!("{e:#}")}));
-                return;
+                return Err(e.context("checking for an update"));
             }
         };
         if let Some(s) = &check.staged {
@@ -681,6 +737,8 @@ impl Daemon<'_> {
                         self.out
                             .event(json!({"id": id, "event": "failed", "op": "upgrade",
                             "message": format!("{e:#}")}));
+                        self.publish_status("idle");
+                        return Err(e.context("staging the update"));
                     }
                 }
                 self.publish_status("idle");
@@ -690,6 +748,7 @@ impl Daemon<'_> {
                 self.publish_status("idle");
             }
         }
+        Ok(())
     }
 }
 

@@ -45,7 +45,7 @@ pub mod usb;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-pub use daemon::{run_daemon, DaemonOptions, MqttSettings};
+pub use daemon::{run_daemon, run_timer_once, stop_on_signals, DaemonOptions, MqttSettings};
 pub use policy::{Mode, Policy, Window};
 pub use usb::{usb_import, Outcome};
 
