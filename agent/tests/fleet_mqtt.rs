@@ -492,3 +492,30 @@ fn tls_with_client_certificate_and_password() {
     assert!(start.elapsed() < Duration::from_secs(10));
     c.shutdown(Duration::ZERO);
 }
+
+#[test]
+fn persistent_session_delivers_commands_sent_while_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Broker::start(dir.path(), port, "allow_anonymous true");
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let rec = Recorder::default();
+    let mut d = start(daemon_opts(dir.path(), &url), &rec);
+    let online = Sub::start(port, &["otter/dev1/online"], &[]);
+    online.wait_for("online", |_, v| v == "online");
+    d.stop();
+    online.wait_for("offline", |_, v| v == "offline");
+
+    // Sent while the device is away: the broker keeps it for the persistent session.
+    publish(
+        port,
+        "otter/dev1/cmd",
+        br#"{"id":"p1","op":"rollback"}"#,
+        &[],
+    );
+    let sub = Sub::start(port, &["otter/dev1/events", "otter/dev1/online"], &[]);
+    sub.wait_for("subscribed (retained offline)", |_, v| v == "offline");
+    let _d = start(daemon_opts(dir.path(), &url), &rec);
+    sub.wait_for("finished p1", |_, v| is_event(v, "p1", "finished"));
+    assert_eq!(rec.calls(), vec!["rollback".to_string()]);
+}
