@@ -519,3 +519,37 @@ fn persistent_session_delivers_commands_sent_while_offline() {
     sub.wait_for("finished p1", |_, v| is_event(v, "p1", "finished"));
     assert_eq!(rec.calls(), vec!["rollback".to_string()]);
 }
+
+#[test]
+fn reconnect_backoff_doubles_up_to_the_cap() {
+    // A port nobody listens on.
+    let port = free_port();
+    let opts = otter::fleet::mqtt::SessionOptions {
+        url: format!("mqtt://127.0.0.1:{port}").parse().unwrap(),
+        tls: TlsFiles::default(),
+        client_id: "otter-backoff".into(),
+        username: None,
+        password: Some("not printed".into()),
+        keep_alive: 5,
+        will: None,
+        subscriptions: vec![],
+        connect_timeout: Duration::from_secs(2),
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(100),
+    };
+    assert!(!format!("{opts:?}").contains("not printed"));
+    let c =
+        otter::fleet::mqtt::Client::start(opts, Arc::new(AtomicBool::new(false)), None).unwrap();
+    let mut waits = Vec::new();
+    while waits.len() < 5 {
+        match c.events().recv_timeout(Duration::from_secs(10)).unwrap() {
+            otter::fleet::mqtt::Event::Disconnected { error, retry_in } => {
+                assert!(error.contains(&port.to_string()), "{error}");
+                waits.push(retry_in.as_millis());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(waits, [20, 40, 80, 100, 100]);
+    c.shutdown(Duration::ZERO);
+}

@@ -32,8 +32,8 @@ const MAX_ID_LEN: usize = 128;
 /// How long the daemon waits for its last messages to be acknowledged at shutdown/reboot.
 const FLUSH_GRACE: Duration = Duration::from_secs(3);
 
-/// `[mqtt]` settings.
-#[derive(Clone, Debug)]
+/// `[mqtt]` settings. (Debug output hides the password.)
+#[derive(Clone)]
 pub struct MqttSettings {
     /// `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
     pub url: String,
@@ -47,6 +47,21 @@ pub struct MqttSettings {
     /// Reconnect backoff: first wait and cap.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+}
+
+impl std::fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSettings")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("tls", &self.tls)
+            .field("keep_alive", &self.keep_alive)
+            .field("client_id", &self.client_id)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .finish()
+    }
 }
 
 impl MqttSettings {

@@ -30,7 +30,7 @@ pub const INCOMING_QUEUE: usize = 32;
 pub const RETAINED_KEEP: usize = 8;
 
 /// Session settings.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SessionOptions {
     pub url: BrokerUrl,
     pub tls: TlsFiles,
@@ -45,6 +45,19 @@ pub struct SessionOptions {
     pub connect_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+}
+
+impl std::fmt::Debug for SessionOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionOptions")
+            .field("url", &self.url)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("keep_alive", &self.keep_alive)
+            .field("subscriptions", &self.subscriptions)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the session reports to its owner.
