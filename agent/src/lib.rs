@@ -21,6 +21,7 @@ pub mod config;
 pub mod deploy;
 pub mod fetch;
 pub mod fleet;
+pub mod fsutil;
 pub mod import;
 pub mod ostree;
 pub mod source;

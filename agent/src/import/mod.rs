@@ -19,8 +19,22 @@
 //!   layer), by the same path rules; they share the target's content object;
 //! * owners, modes (incl. setuid/sticky) and xattrs (`SCHILY.xattr.*` PAX records; empty values
 //!   are dropped as ostree does) are kept; directories implied by entries are `0755 0:0`;
-//! * device nodes, fifos and sockets cannot be stored in ostree: they are dropped (with a warning
-//!   when outside `/dev`);
+//! * device nodes, fifos and sockets cannot be stored in ostree. Character and block devices are
+//!   dropped under `/dev /proc /sys /run /tmp` (whose content is dropped anyway) and **refused**
+//!   anywhere else (a device node in `/usr` or `/var` is a hole in the image, not something udev
+//!   made); fifos are dropped with a warning;
+//! * setuid/setgid regular files (also through a hard link) are accepted only under
+//!   [`SETID_DIRS`] (`/usr/bin`, `/usr/sbin`, `/usr/lib*`, `/usr/libexec` and their non-usrmerged
+//!   twins `/bin`, `/sbin`, `/lib*`); anywhere else (`/etc`, `/var`, `/home`, `/opt`, …) the layer
+//!   is refused. Directories may be setgid (`/var/mail`, `/var/log/journal`);
+//! * one layer may name a path only once, except directories (their metadata is updated): a
+//!   second file, symlink or link at a path of the same layer is refused (tools disagree about
+//!   which one wins);
+//! * limits ([`ImportLimits`]): the uncompressed tar stream of a layer, and separately the file
+//!   contents it expands to (sparse files), may not exceed `max_layer_size` (a decompression or
+//!   sparse bomb is cut off there: the blob digest only covers the compressed bytes); a file whose
+//!   header declares more is refused before anything is written; an import may hold at most
+//!   `max_entries` tar entries; a path at most [`MAX_PATH_LEN`] bytes;
 //! * at commit: `/etc` is moved to `/usr/etc` (merged into an existing `/usr/etc`, `/etc`
 //!   entries winning); the contents of `/dev /proc /sys /run /tmp` are dropped (the directories
 //!   stay); `/var` is kept as is (the seed of a first deployment's `/var`).
@@ -46,6 +60,36 @@ pub const IMPORT_RULES_VERSION: u64 = 1;
 pub const MAX_NAME_LEN: usize = 255;
 /// Deepest accepted path.
 pub const MAX_PATH_DEPTH: usize = 256;
+/// Longest accepted path (Linux PATH_MAX).
+pub const MAX_PATH_LEN: usize = 4096;
+/// Default for [`ImportLimits::max_layer_size`]: 16 GiB uncompressed.
+pub const DEFAULT_MAX_LAYER_SIZE: u64 = 16 << 30;
+/// Default for [`ImportLimits::max_entries`]: the in-memory tree costs ~150 bytes per entry.
+pub const DEFAULT_MAX_ENTRIES: u64 = 500_000;
+/// Directories (and their subdirectories) where setuid/setgid files are accepted. An entry
+/// ending in `*` matches any directory with that prefix (`usr/lib*` = `usr/lib`, `usr/lib64`,
+/// `usr/libexec`).
+pub const SETID_DIRS: [&str; 6] = ["usr/bin", "usr/sbin", "usr/lib*", "bin", "sbin", "lib*"];
+
+/// What one import may contain. Hostile or broken layers hit these limits, not the device's
+/// memory or disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImportLimits {
+    /// Largest uncompressed layer: the decompressed tar stream, and separately the bytes of file
+    /// contents it expands to (GNU sparse files), per layer.
+    pub max_layer_size: u64,
+    /// Most tar entries in one import (all layers together).
+    pub max_entries: u64,
+}
+
+impl Default for ImportLimits {
+    fn default() -> ImportLimits {
+        ImportLimits {
+            max_layer_size: DEFAULT_MAX_LAYER_SIZE,
+            max_entries: DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
 
 const _: () = assert!(MAX_PATH_DEPTH < MAX_TREE_DEPTH);
 
@@ -85,6 +129,8 @@ enum Node {
     File {
         csum: Checksum,
         symlink: bool,
+        /// setuid or setgid (checked again for hard links to it).
+        setid: bool,
         layer: u32,
     },
 }
@@ -113,6 +159,10 @@ pub struct Importer<'r> {
     tx: Option<Transaction<'r>>,
     root: Dir,
     layer: u32,
+    limits: ImportLimits,
+    entries: u64,
+    /// File content bytes written for the current layer.
+    content_bytes: u64,
 }
 
 impl<'r> Importer<'r> {
@@ -126,7 +176,21 @@ impl<'r> Importer<'r> {
                 layer: 0,
             },
             layer: 0,
+            limits: ImportLimits::default(),
+            entries: 0,
+            content_bytes: 0,
         }
+    }
+
+    /// An importer with other limits than [`ImportLimits::default`].
+    pub fn with_limits(repo: &'r Repo, limits: ImportLimits) -> Importer<'r> {
+        let mut i = Importer::new(repo);
+        i.limits = limits;
+        i
+    }
+
+    pub fn limits(&self) -> ImportLimits {
+        self.limits
     }
 
     fn tx(&mut self) -> Result<&mut Transaction<'r>> {
@@ -147,6 +211,7 @@ impl<'r> Importer<'r> {
 
     fn apply_layer_inner(&mut self, media_type: &str, layer: &mut dyn Read) -> Result<()> {
         self.tx()?;
+        self.content_bytes = 0;
         let decoder: Box<dyn Read + '_> = match media_type {
             "application/vnd.oci.image.layer.v1.tar"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar"
@@ -169,11 +234,23 @@ impl<'r> Importer<'r> {
                  and Docker rootfs.diff.tar.gzip layers"
             ),
         };
+        let decoder: Box<dyn Read + '_> = Box::new(Bounded {
+            inner: decoder,
+            left: self.limits.max_layer_size,
+            limit: self.limits.max_layer_size,
+        });
         let mut archive = tar::Archive::new(decoder);
         let entries = archive.entries().context("reading the layer tar")?;
         for entry in entries {
             let mut entry =
                 entry.context("reading the next tar entry (truncated or corrupt layer?)")?;
+            self.entries += 1;
+            if self.entries > self.limits.max_entries {
+                bail!(
+                    "the image has more than {} tar entries (import limit max_entries); refusing it",
+                    self.limits.max_entries
+                );
+            }
             let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             self.apply_entry(&mut entry)
                 .with_context(|| format!("layer entry {path:?}"))?;
@@ -240,6 +317,10 @@ impl<'r> Importer<'r> {
                         d.meta = meta;
                         d.layer = layer;
                     }
+                    Some(n) if n.layer() == layer => bail!(
+                        "the layer has this path as a file and as a directory; refusing an \
+                         ambiguous layer"
+                    ),
                     _ => {
                         parent.children.insert(
                             name.clone(),
@@ -255,21 +336,55 @@ impl<'r> Importer<'r> {
             }
             T::Regular | T::Continuous | T::GNUSparse => {
                 let h = entry.header();
+                let mode = h.mode().context("invalid mode")? & 0o7777;
+                let declared = if etype == T::GNUSparse {
+                    h.as_gnu()
+                        .context("sparse entry without a GNU header")?
+                        .real_size()
+                        .context("invalid sparse file size")?
+                } else {
+                    entry.size()
+                };
                 let header = FileHeader {
                     uid: owner(h.uid())?,
                     gid: owner(h.gid())?,
-                    mode: S_IFREG | (h.mode().context("invalid mode")? & 0o7777),
+                    mode: S_IFREG | mode,
                     symlink_target: String::new(),
                     xattrs: pax_xattrs(entry)?,
                 };
-                // Refuse a bad parent before writing the content.
-                dir_mut(&mut self.root, parents, layer, true)?;
+                let setid = mode & 0o6000 != 0;
+                if setid {
+                    check_setid(&comps)?;
+                }
+                let budget = self
+                    .limits
+                    .max_layer_size
+                    .saturating_sub(self.content_bytes);
+                if declared > budget {
+                    bail!(
+                        "file declares {declared} bytes, more than the {} bytes left of the \
+                         uncompressed layer limit (max_layer_size {})",
+                        budget,
+                        self.limits.max_layer_size
+                    );
+                }
+                // Refuse a bad parent or a duplicate before writing the content.
+                let parent = dir_mut(&mut self.root, parents, layer, true)?
+                    .context("parent directory missing")?;
+                check_not_duplicate(parent, name, layer)?;
                 let size = (etype != T::GNUSparse).then(|| entry.size());
+                let mut content = Bounded {
+                    inner: entry,
+                    left: budget,
+                    limit: self.limits.max_layer_size,
+                };
                 let tx = self.tx()?;
-                let csum = tx.write_file_sized(&header, entry, size)?;
+                let csum = tx.write_file_sized(&header, &mut content, size)?;
+                self.content_bytes += budget - content.left;
                 Node::File {
                     csum,
                     symlink: false,
+                    setid,
                     layer,
                 }
             }
@@ -290,11 +405,14 @@ impl<'r> Importer<'r> {
                     symlink_target: target,
                     xattrs: pax_xattrs(entry)?,
                 };
-                dir_mut(&mut self.root, parents, layer, true)?;
+                let parent = dir_mut(&mut self.root, parents, layer, true)?
+                    .context("parent directory missing")?;
+                check_not_duplicate(parent, name, layer)?;
                 let csum = self.tx()?.write_file(&header, &mut io::empty())?;
                 Node::File {
                     csum,
                     symlink: true,
+                    setid: false,
                     layer,
                 }
             }
@@ -312,10 +430,16 @@ impl<'r> Importer<'r> {
                 let tdir = dir_mut(&mut self.root, tparents, layer, false).with_context(|| {
                     format!("hard link target {:?}", String::from_utf8_lossy(&target))
                 })?;
-                match tdir.and_then(|d| d.children.get(tname)) {
-                    Some(Node::File { csum, symlink, .. }) => Node::File {
+                let node = match tdir.and_then(|d| d.children.get(tname)) {
+                    Some(Node::File {
+                        csum,
+                        symlink,
+                        setid,
+                        ..
+                    }) => Node::File {
                         csum: *csum,
                         symlink: *symlink,
+                        setid: *setid,
                         layer,
                     },
                     Some(Node::Dir(_)) => bail!(
@@ -326,17 +450,32 @@ impl<'r> Importer<'r> {
                         "hard link target {:?} does not exist in this or an earlier layer",
                         String::from_utf8_lossy(&target)
                     ),
+                };
+                if matches!(node, Node::File { setid: true, .. }) {
+                    check_setid(&comps).context("hard link to a setuid/setgid file")?;
                 }
+                let parent = dir_mut(&mut self.root, parents, layer, true)?
+                    .context("parent directory missing")?;
+                check_not_duplicate(parent, name, layer)?;
+                node
             }
-            T::Char | T::Block | T::Fifo => {
-                if parents.first().map(String::as_str) == Some("dev") {
-                    log::debug!("dropping device node or fifo {:?}", comps.join("/"));
-                } else {
-                    log::warn!(
-                        "dropping device node or fifo {:?}: ostree cannot store it",
-                        comps.join("/")
+            T::Char | T::Block => {
+                let top = parents.first().map(String::as_str).unwrap_or("");
+                if !EMPTIED_DIRS.contains(&top) {
+                    bail!(
+                        "device node outside /dev: otter does not store device nodes (ostree cannot), \
+                         and one elsewhere in an image is refused; create it at boot (udev, \
+                         systemd-tmpfiles) instead"
                     );
                 }
+                log::debug!("dropping device node {:?}", comps.join("/"));
+                return Ok(());
+            }
+            T::Fifo => {
+                log::warn!(
+                    "dropping fifo {:?}: ostree cannot store it",
+                    comps.join("/")
+                );
                 return Ok(());
             }
             other => bail!("unsupported tar entry type {other:?}"),
@@ -420,6 +559,63 @@ fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(Vec<u8>, Ve
     Ok(canonical_xattrs(out))
 }
 
+/// Is a setuid/setgid file allowed at `comps` (see [`SETID_DIRS`])?
+fn check_setid(comps: &[String]) -> Result<()> {
+    let parents = &comps[..comps.len().saturating_sub(1)];
+    let allowed = SETID_DIRS.iter().any(|d| {
+        let want: Vec<&str> = d.split('/').collect();
+        parents.len() >= want.len()
+            && want
+                .iter()
+                .zip(parents)
+                .all(|(w, p)| match w.strip_suffix('*') {
+                    Some(prefix) => p.starts_with(prefix),
+                    None => p == w,
+                })
+    });
+    if !allowed {
+        bail!(
+            "setuid/setgid file outside /usr/bin, /usr/sbin, /usr/lib*, /bin, /sbin, /lib*: \
+             refused by the import policy (a setuid file in /etc, /var or /opt is a privilege \
+             escalation waiting to happen); drop the bit or move the file"
+        );
+    }
+    Ok(())
+}
+
+/// A second non-directory entry for the same path in one layer is refused.
+fn check_not_duplicate(parent: &Dir, name: &str, layer: u32) -> Result<()> {
+    match parent.children.get(name) {
+        Some(n) if n.layer() == layer => bail!(
+            "the layer has this path twice (or as a directory and a file); refusing an \
+             ambiguous layer"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A reader that fails once more than `left` bytes come through.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(io::Error::other(format!(
+                "the layer is larger than {} bytes uncompressed (import limit max_layer_size): \
+                 refusing a possible decompression or sparse-file bomb",
+                self.limit
+            )));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 fn valid_component(c: &str) -> Result<String> {
     if c == ".." {
         bail!("path contains '..'");
@@ -435,7 +631,12 @@ fn valid_component(c: &str) -> Result<String> {
 
 /// Normalize a tar path into components: leading `/` and `.`/empty components dropped, `..` refused.
 fn split_path(raw: &[u8]) -> Result<Vec<String>> {
-    let s = std::str::from_utf8(raw).context("path is not valid UTF-8")?;
+    if raw.len() > MAX_PATH_LEN {
+        bail!("path is longer than {MAX_PATH_LEN} bytes");
+    }
+    let s = std::str::from_utf8(raw).context(
+        "path is not valid UTF-8 (ostree stores names as UTF-8 strings; rename the file)",
+    )?;
     let mut out = Vec::new();
     for c in s.split('/') {
         if c.is_empty() || c == "." {

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::objects::FileHeader;
 use super::{fsync_dir, sys, Checksum, FileObject, ObjectKind, Repo, RepoMode, MAX_TREE_DEPTH};
+use crate::fsutil;
 
 pub(super) fn checkout(repo: &Repo, commit: &Checksum, dest: &Path) -> Result<()> {
     if fs::symlink_metadata(dest).is_ok() {
@@ -31,9 +32,8 @@ pub(super) fn checkout(repo: &Repo, commit: &Checksum, dest: &Path) -> Result<()
     let res = (|| -> Result<()> {
         checkout_tree(repo, &c.root_tree, &c.root_meta, &tmp, 0)?;
         let d = File::open(&tmp).with_context(|| format!("opening {}", tmp.display()))?;
-        sys::syncfs(&d).with_context(|| format!("flushing checkout {}", tmp.display()))?;
-        fs::rename(&tmp, dest)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+        fsutil::syncfs(&d).with_context(|| format!("flushing checkout {}", tmp.display()))?;
+        fsutil::rename(&tmp, dest)?;
         fsync_dir(parent)
     })();
     if res.is_err() {
@@ -57,7 +57,7 @@ fn checkout_tree(
     }
     let t = repo.read_dirtree(tree)?;
     let m = repo.read_dirmeta(meta)?;
-    fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
+    fsutil::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("chmod {}", path.display()))?;
     for (name, c) in &t.files {
@@ -82,7 +82,7 @@ fn checkout_file(repo: &Repo, c: &Checksum, dest: &Path) -> Result<()> {
     let src = repo.object_path(ObjectKind::File, c);
     if repo.mode() == RepoMode::Bare {
         // A bare object is the file itself: owner, mode, xattrs, mtime 0.
-        match fs::hard_link(&src, dest) {
+        match fsutil::hard_link(&src, dest) {
             Ok(()) => return Ok(()),
             Err(e) if !can_fall_back(&e) => {
                 return Err(e).with_context(|| format!("hardlinking {}", src.display()))
@@ -92,7 +92,7 @@ fn checkout_file(repo: &Repo, c: &Checksum, dest: &Path) -> Result<()> {
     }
     let obj = repo.open_file(c)?;
     if repo.mode() == RepoMode::BareUser && linkable_bare_user(&obj)? {
-        match fs::hard_link(&obj.path, dest) {
+        match fsutil::hard_link(&obj.path, dest) {
             Ok(()) => return Ok(()),
             Err(e) if !can_fall_back(&e) => {
                 return Err(e).with_context(|| format!("hardlinking {}", src.display()))
@@ -125,17 +125,17 @@ fn copy_object(obj: FileObject, dest: &Path) -> Result<()> {
     let h: &FileHeader = &obj.header;
     match obj.content {
         None => {
-            std::os::unix::fs::symlink(&h.symlink_target, dest)
-                .with_context(|| format!("creating symlink {}", dest.display()))?;
+            fsutil::symlink(&h.symlink_target, dest)?;
             chown_maybe(dest, h.uid, h.gid)?;
             for (n, v) in &h.xattrs {
                 sys::lsetxattr(dest, n, v)?;
             }
         }
         Some(mut src) => {
-            let mut f =
-                File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
-            io::copy(&mut src, &mut f).with_context(|| format!("copying to {}", dest.display()))?;
+            let mut f = fsutil::create(dest)?;
+            fsutil::crash_point("copy")
+                .and_then(|()| io::copy(&mut src, &mut f))
+                .with_context(|| format!("copying to {}", dest.display()))?;
             match sys::fchown(&f, h.uid, h.gid) {
                 Ok(()) => {}
                 Err(_) if sys::euid() != 0 => {}

@@ -23,8 +23,8 @@ mod transaction;
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -346,11 +346,13 @@ impl Repo {
                     .with_context(|| format!("creating {}", parent.display()))?;
                 write_atomic(&p, format!("{c}\n").as_bytes(), 0o644)
             }
-            None => match fs::remove_file(&p) {
-                Ok(()) => fsync_dir(p.parent().unwrap_or(&self.path)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e).with_context(|| format!("deleting ref {}", p.display())),
-            },
+            None => {
+                match crate::fsutil::crash_point("unlink ref").and_then(|()| fs::remove_file(&p)) {
+                    Ok(()) => fsync_dir(p.parent().unwrap_or(&self.path)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e).with_context(|| format!("deleting ref {}", p.display())),
+                }
+            }
         }
     }
 
@@ -377,6 +379,11 @@ impl Repo {
         for e in rd {
             let e = e.with_context(|| format!("listing {}", dir.display()))?;
             let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                // Not a ref: a temp file of an interrupted atomic write (ref names never start
+                // with '.').
+                continue;
+            }
             let full = format!("{prefix}{name}");
             let ft = e
                 .file_type()
@@ -779,36 +786,13 @@ fn validate_ref_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Write `data` to `path` atomically: temp file in the same dir, fsync, rename, fsync dir.
+/// Write `data` to `path` atomically (see [`crate::fsutil::write_atomic`]).
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().context("path has no parent directory")?;
-    let name = path
-        .file_name()
-        .context("path has no file name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let res = (|| -> Result<()> {
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(data)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .with_context(|| format!("chmod {}", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("fsync {}", tmp.display()))?;
-        fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        fsync_dir(dir)
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
+    crate::fsutil::write_atomic(path, data, mode)
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("fsync directory {}", dir.display()))
+    crate::fsutil::fsync_dir(dir)
 }
 
 #[cfg(test)]

@@ -172,13 +172,6 @@ pub fn fset_mtime_zero(f: &File) -> Result<()> {
     check(r, || "futimens".to_string())
 }
 
-/// Flush the whole filesystem holding `f`.
-pub fn syncfs(f: &File) -> Result<()> {
-    // SAFETY: valid fd.
-    let r = unsafe { libc::syncfs(f.as_raw_fd()) };
-    check(r, || "syncfs".to_string())
-}
-
 /// Take an OFD lock (shared or exclusive) on the whole file; blocks until granted.
 /// Released when the file is closed.
 pub fn ofd_lock(f: &File, exclusive: bool) -> Result<()> {

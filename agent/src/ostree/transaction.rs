@@ -2,7 +2,7 @@
 //! [`super`]).
 
 use std::fs::{self, File};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +13,7 @@ use sha2::Digest;
 
 use super::objects::{self, DirMeta, DirTree, FileHeader};
 use super::{sys, Checksum, MetaValue, ObjectKind, Repo, RepoMode};
+use crate::fsutil;
 
 /// Copy buffer for file contents.
 pub const COPY_BUFFER_SIZE: usize = 128 * 1024;
@@ -42,7 +43,7 @@ impl<'r> Transaction<'r> {
             std::process::id(),
             STAGING_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+        fsutil::create_dir_all(&staging)?;
         Ok(Transaction {
             repo,
             staging,
@@ -95,19 +96,17 @@ impl<'r> Transaction<'r> {
             }
             let tmp = self.tmp_name();
             if bare {
-                std::os::unix::fs::symlink(&header.symlink_target, &tmp)
-                    .with_context(|| format!("creating symlink {}", tmp.display()))?;
+                fsutil::symlink(&header.symlink_target, &tmp)?;
                 sys::lchown(&tmp, header.uid, header.gid)?;
                 for (n, v) in &header.xattrs {
                     sys::lsetxattr(&tmp, n, v)?;
                 }
                 sys::lset_mtime_zero(&tmp)?;
             } else {
-                let mut f =
-                    File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-                f.write_all(header.symlink_target.as_bytes())
-                    .and_then(|()| f.write_all(&[0]))
-                    .with_context(|| format!("writing {}", tmp.display()))?;
+                let mut f = fsutil::create(&tmp)?;
+                let mut data = header.symlink_target.as_bytes().to_vec();
+                data.push(0);
+                fsutil::write_all(&mut f, &data, &tmp)?;
                 f.set_permissions(fs::Permissions::from_mode(0o644))
                     .with_context(|| format!("chmod {}", tmp.display()))?;
                 sys::fsetxattr(&f, b"user.ostreemeta", &header.ostreemeta())?;
@@ -118,7 +117,7 @@ impl<'r> Transaction<'r> {
         }
 
         let tmp = self.tmp_name();
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f = fsutil::create(&tmp)?;
         let mut hasher = header.hasher();
         let mut total = 0u64;
         let res = (|| -> Result<()> {
@@ -130,8 +129,7 @@ impl<'r> Transaction<'r> {
                     Err(e) => return Err(e).context("reading file content"),
                 };
                 hasher.update(&self.buf[..n]);
-                f.write_all(&self.buf[..n])
-                    .with_context(|| format!("writing {}", tmp.display()))?;
+                fsutil::write_all(&mut f, &self.buf[..n], &tmp)?;
                 total += n as u64;
             }
             if let Some(want) = size {
@@ -170,8 +168,7 @@ impl<'r> Transaction<'r> {
 
     fn publish_staged(&self, tmp: &Path, kind: ObjectKind, c: &Checksum) -> Result<()> {
         let dest = self.staged_path(kind, c);
-        fs::rename(tmp, &dest)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))
+        fsutil::rename(tmp, &dest)
     }
 
     /// Write a metadata object (its bytes are its identity).
@@ -181,9 +178,8 @@ impl<'r> Transaction<'r> {
             return Ok(c);
         }
         let tmp = self.tmp_name();
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(data)
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        let mut f = fsutil::create(&tmp)?;
+        fsutil::write_all(&mut f, data, &tmp)?;
         f.set_permissions(fs::Permissions::from_mode(0o644))
             .with_context(|| format!("chmod {}", tmp.display()))?;
         drop(f);
@@ -264,7 +260,7 @@ impl<'r> Transaction<'r> {
         let commit = self.write_metadata(ObjectKind::Commit, &data)?;
         let staging_dir = File::open(&self.staging)
             .with_context(|| format!("opening {}", self.staging.display()))?;
-        sys::syncfs(&staging_dir).context("flushing written objects to disk")?;
+        fsutil::syncfs(&staging_dir).context("flushing written objects to disk")?;
 
         let mut commits = Vec::new();
         for e in fs::read_dir(&self.staging)
@@ -288,7 +284,7 @@ impl<'r> Transaction<'r> {
         for (p, c) in commits {
             self.move_into_store(&p, ObjectKind::Commit, &c)?;
         }
-        sys::syncfs(&staging_dir).context("flushing the object store")?;
+        fsutil::syncfs(&staging_dir).context("flushing the object store")?;
         self.committed = true;
         let _ = fs::remove_dir_all(&self.staging);
         Ok(commit)
@@ -300,13 +296,12 @@ impl<'r> Transaction<'r> {
             return Ok(());
         }
         let dir = dest.parent().context("object path has no parent")?;
-        match fs::create_dir(dir) {
+        match fsutil::create_dir(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
         }
-        fs::rename(from, &dest)
-            .with_context(|| format!("moving {} to {}", from.display(), dest.display()))
+        fsutil::rename(from, &dest)
     }
 }
 
