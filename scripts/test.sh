@@ -21,6 +21,9 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== cargo test"
 cargo test --workspace --all-features 2>&1
 
+echo "== fuzz (each target 20 s)"
+fuzz/run.sh 20
+
 echo "== static aarch64 device binaries"
 cargo build --release --target aarch64-unknown-linux-musl -p otter -p otter-boot
 ls -l target/aarch64-unknown-linux-musl/release/otter target/aarch64-unknown-linux-musl/release/otter-boot

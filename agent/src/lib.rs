@@ -22,6 +22,8 @@ pub mod deploy;
 pub mod fetch;
 pub mod fleet;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod import;
 pub mod ostree;
 pub mod source;

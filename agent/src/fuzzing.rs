@@ -1,0 +1,125 @@
+//! Entry points for the `cargo fuzz` targets in `fuzz/` (not an API: hidden from the docs, may
+//! change at any time). Each takes arbitrary bytes, must never panic on them, and checks what
+//! can be checked cheaply (a value that decodes re-encodes into something that decodes to the
+//! same value). A panic here is a bug the fuzzer found.
+#![allow(clippy::panic)]
+
+use crate::fleet::codec::{self, Frame, Framer};
+use crate::import::{ImportLimits, Importer};
+use crate::ostree::gvariant::{Type, Value, MAX_TYPE_LEN};
+use crate::ostree::objects::{decode_commit, encode_commit, DirMeta, DirTree};
+use crate::ostree::{Checksum, Repo};
+
+/// `TYPE\0DATA`: parse the GVariant type string, decode DATA as it; a decoded value must
+/// re-encode into bytes that decode and re-encode to the same bytes (normal form is a fixed
+/// point; values are not compared directly because NaN != NaN).
+pub fn gvariant(data: &[u8]) {
+    let Some(nul) = data.iter().take(MAX_TYPE_LEN + 1).position(|&b| b == 0) else {
+        return;
+    };
+    let Ok(ts) = std::str::from_utf8(&data[..nul]) else {
+        return;
+    };
+    let Ok(t) = Type::parse(ts) else {
+        return;
+    };
+    let body = &data[nul + 1..];
+    if let Ok(v) = Value::decode(&t, body) {
+        let enc = v.encode();
+        match Value::decode(&t, &enc) {
+            Ok(v2) => assert!(
+                v2.encode() == enc,
+                "re-encoded {ts} value {v:?} does not round-trip"
+            ),
+            Err(e) => panic!("re-encoded {ts} value does not decode: {e:#}"),
+        }
+    }
+}
+
+/// First byte selects the object: 0 commit, 1 dirtree, 2 dirmeta. Decoded objects must
+/// round-trip through their encoder.
+pub fn ostree_object(data: &[u8]) {
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    match which % 3 {
+        0 => {
+            if let Ok(c) = decode_commit(Checksum([0; 32]), body) {
+                let enc = encode_commit(&c);
+                let c2 = decode_commit(Checksum([0; 32]), &enc)
+                    .unwrap_or_else(|e| panic!("re-encoded commit does not decode: {e:#}"));
+                assert_eq!(c, c2, "re-encoded commit decodes differently");
+            }
+        }
+        1 => {
+            if let Ok(t) = DirTree::decode(body) {
+                let t2 = DirTree::decode(&t.encode())
+                    .unwrap_or_else(|e| panic!("re-encoded dirtree does not decode: {e:#}"));
+                assert_eq!(t, t2);
+            }
+        }
+        _ => {
+            if let Ok(m) = DirMeta::decode(body) {
+                let m2 = DirMeta::decode(&m.encode())
+                    .unwrap_or_else(|e| panic!("re-encoded dirmeta does not decode: {e:#}"));
+                assert_eq!(m, m2);
+            }
+        }
+    }
+}
+
+/// Limits for the tar fuzz target: small, so bombs are cut off fast.
+pub const FUZZ_IMPORT_LIMITS: ImportLimits = ImportLimits {
+    max_layer_size: 4 << 20,
+    max_entries: 10_000,
+};
+
+/// Apply `data` as a plain tar layer to `repo` (a scratch bare-user repo); when that works, write
+/// the commit too and read it back. Errors are fine, panics are not.
+pub fn import_tar(repo: &Repo, data: &[u8]) {
+    let mut imp = Importer::with_limits(repo, FUZZ_IMPORT_LIMITS);
+    if imp
+        .apply_layer("application/vnd.oci.image.layer.v1.tar", &mut &data[..])
+        .is_err()
+    {
+        return;
+    }
+    if let Ok(done) = imp.commit("fuzz", Vec::new(), None) {
+        let c = repo
+            .read_commit(&done.commit)
+            .unwrap_or_else(|e| panic!("a commit we just wrote does not read back: {e:#}"));
+        assert_eq!(c.content_checksum(), done.content_checksum);
+    }
+}
+
+/// First byte: even = MQTT byte stream (cut into chunks by the next byte, framed, each packet
+/// decoded); odd = a fleet command payload.
+pub fn mqtt(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    if which % 2 == 1 {
+        let _ = crate::fleet::daemon::parse_command(rest);
+        return;
+    }
+    let Some((&chunk, stream)) = rest.split_first() else {
+        return;
+    };
+    let chunk = (chunk as usize).max(1);
+    let mut framer = Framer::new();
+    let mut frames = Vec::new();
+    for piece in stream.chunks(chunk) {
+        if framer.feed(piece, &mut frames).is_err() {
+            break;
+        }
+    }
+    for f in frames {
+        match f {
+            Frame::Packet { first, body } => {
+                assert!(body.len() <= codec::MAX_PACKET_SIZE);
+                let _ = codec::decode(first, &body);
+            }
+            Frame::Oversized { len, .. } => assert!(len > codec::MAX_PACKET_SIZE),
+        }
+    }
+}

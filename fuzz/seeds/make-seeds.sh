@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Regenerates the seed corpora in fuzz/corpus/<target>/ from real tools (ostree, tar, mosquitto).
+# The seeds are committed; run this only to refresh them. Needs: ostree, tar, python3, mosquitto.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+c=corpus
+
+# --- ostree objects: a real commit, dirtree and dirmeta written by `ostree commit`.
+mkdir -p "$c/ostree_object" "$c/gvariant" "$c/import_tar" "$c/mqtt"
+ostree init --repo="$tmp/repo" --mode=bare-user >/dev/null
+mkdir -p "$tmp/tree/usr/bin" "$tmp/tree/etc"
+echo hello >"$tmp/tree/usr/bin/hello"; chmod 755 "$tmp/tree/usr/bin/hello"
+echo x >"$tmp/tree/etc/os-release"; ln -s ../usr/bin/hello "$tmp/tree/etc/link"
+ostree commit --repo="$tmp/repo" --branch=seed --subject="seed commit" --body="body" \
+  --add-metadata-string=version=1.0 --add-metadata-string=otter.image.digest=sha256:0000 \
+  "$tmp/tree" >/dev/null
+put() { # put TARGET NAME PREFIXBYTES FILE
+  { printf "$3"; cat "$4"; } >"$c/$1/$2"
+}
+for f in "$tmp"/repo/objects/*/*; do
+  case "$f" in
+    *.commit)  put ostree_object commit '\x00' "$f"; put gvariant commit '(a{sv}aya(say)sstayay)\x00' "$f" ;;
+    *.dirmeta) put ostree_object "dirmeta-$(basename "$f" .dirmeta | cut -c1-8)" '\x02' "$f"
+               put gvariant "dirmeta-$(basename "$f" .dirmeta | cut -c1-8)" '(uuua(ayay))\x00' "$f" ;;
+    *.dirtree) put ostree_object "dirtree-$(basename "$f" .dirtree | cut -c1-8)" '\x01' "$f"
+               put gvariant "dirtree-$(basename "$f" .dirtree | cut -c1-8)" '(a(say)a(sayay))\x00' "$f" ;;
+  esac
+done
+# A bare-user content object header (user.ostreemeta) as a gvariant seed.
+obj=$(ls "$tmp"/repo/objects/*/*.file | head -1)
+getfattr --only-values -n user.ostreemeta "$obj" >"$tmp/meta" 2>/dev/null \
+  && put gvariant ostreemeta '(uuua(ayay))\x00' "$tmp/meta" || true
+
+# --- tar layers made by GNU tar: files, dirs, symlink, hardlink, setuid, whiteout, sparse, PAX.
+r="$tmp/rootfs"
+mkdir -p "$r/usr/bin" "$r/etc" "$r/var/lib" "$r/d"
+echo '#!/bin/sh' >"$r/usr/bin/tool"; chmod 4755 "$r/usr/bin/tool"
+echo conf >"$r/etc/conf"; ln "$r/etc/conf" "$r/etc/conf.hard"; ln -s /usr/bin/tool "$r/usr/bin/alias"
+: >"$r/d/.wh.gone"; : >"$r/var/.wh..wh..opq"
+tar --numeric-owner --owner=0 --group=0 -C "$r" -cf "$c/import_tar/gnu-basic.tar" .
+tar --format=posix --numeric-owner -C "$r" -cf "$c/import_tar/pax-basic.tar" .
+truncate -s 1M "$tmp/sparse"; echo data | dd of="$tmp/sparse" bs=1 seek=65536 conv=notrunc 2>/dev/null
+tar --sparse -C "$tmp" -cf "$c/import_tar/gnu-sparse.tar" sparse
+python3 - "$c/import_tar/pax-xattr.tar" <<'PY'
+import io, sys, tarfile
+with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as t:
+    ti = tarfile.TarInfo("usr/bin/ping"); data = b"ping"; ti.size = len(data); ti.mode = 0o755
+    ti.pax_headers = {"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20\x00\x00"}
+    t.addfile(ti, io.BytesIO(data))
+    ti = tarfile.TarInfo("usr/lib/modules/6.1.0/vmlinuz"); ti.size = 1; t.addfile(ti, io.BytesIO(b"k"))
+PY
+
+# --- MQTT: the bytes a real mosquitto broker sends (CONNACK, SUBACK, a retained PUBLISH QoS 1,
+# PINGRESP), captured from a socket; plus fleet command payloads.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" >"$tmp/m.conf"
+mosquitto -c "$tmp/m.conf" >"$tmp/m.log" 2>&1 &
+mpid=$!
+trap 'kill $mpid 2>/dev/null; wait $mpid 2>/dev/null; rm -rf "$tmp"' EXIT
+sleep 0.5
+mosquitto_pub -p "$port" -h 127.0.0.1 -q 1 -r -t otter/dev1/cmd -m '{"id":"c1","op":"upgrade","digest":"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}'
+python3 - "$port" "$c/mqtt" <<'PY'
+import socket, sys, time
+port, out = int(sys.argv[1]), sys.argv[2]
+def s16(b): return len(b).to_bytes(2, "big") + b
+def pkt(t, body): 
+    n = len(body); enc = b""
+    while True:
+        d = n % 128; n //= 128
+        enc += bytes([d | (0x80 if n else 0)])
+        if not n: break
+    return bytes([t]) + enc + body
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(pkt(0x10, s16(b"MQTT") + b"\x04\x02\x00\x3c" + s16(b"seed")))
+s.sendall(pkt(0x82, b"\x00\x01" + s16(b"otter/dev1/cmd") + b"\x01"))
+s.sendall(pkt(0xc0, b""))
+time.sleep(0.5); s.settimeout(0.5)
+data = b""
+try:
+    while True:
+        d = s.recv(65536)
+        if not d: break
+        data += d
+except socket.timeout: pass
+assert data[0] == 0x20, data[:4]   # CONNACK first
+open(out + "/broker-stream", "wb").write(b"\x00\x07" + data)
+open(out + "/broker-stream-bytewise", "wb").write(b"\x00\x01" + data)
+PY
+printf '\x01{"id":"c1","op":"upgrade","digest":"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}' >"$c/mqtt/cmd-upgrade"
+printf '\x01{"id":7,"op":"switch","image":"docker://registry.example/os:2","reboot":true}' >"$c/mqtt/cmd-switch"
+printf '\x01{"id":"r","op":"rollback","reboot":false}' >"$c/mqtt/cmd-rollback"
+echo "seeds written to $c/"
