@@ -197,7 +197,7 @@ impl RegistryClient {
             match self.agent.get(format!("{https}/v2/")).call() {
                 Ok(_) => https,
                 // the server speaks TLS but we do not trust it: keep https so the error says so
-                Err(e @ ureq::Error::Rustls(_)) if e.to_string().contains("certificate") => https,
+                Err(e) if e.to_string().to_ascii_lowercase().contains("certificate") => https,
                 Err(e) => {
                     log::debug!(
                         "{https}/v2/ failed ({e}); using plain http for {}",
