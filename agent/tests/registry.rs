@@ -349,9 +349,12 @@ fn registry_tls_and_basic_auth() {
     assert_eq!(error_class(&e), Some(ErrorClass::Network));
 }
 
+/// status, headers, body
+type Route = (u16, Vec<(&'static str, String)>, Vec<u8>);
+
 /// A registry imitation: fixed routes, optional Bearer token auth with revocation.
 struct Mock {
-    routes: Mutex<HashMap<String, (u16, Vec<(&'static str, String)>, Vec<u8>)>>,
+    routes: Mutex<HashMap<String, Route>>,
     /// Bearer mode: tokens are valid for this many registry requests.
     token_uses: Option<u64>,
     /// Basic credentials the token endpoint accepts (None: anonymous tokens).
