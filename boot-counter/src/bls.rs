@@ -35,7 +35,11 @@ impl EntryName {
     pub fn parse(file: &str) -> Option<EntryName> {
         let suffix = [".conf", ".efi"].into_iter().find(|s| file.ends_with(s))?;
         let stem = &file[..file.len() - suffix.len()];
-        let plain = EntryName { id: stem.to_string(), suffix: suffix.to_string(), counter: None };
+        let plain = EntryName {
+            id: stem.to_string(),
+            suffix: suffix.to_string(),
+            counter: None,
+        };
         let Some(plus) = stem.rfind('+') else {
             return Some(plain);
         };
@@ -53,7 +57,11 @@ impl EntryName {
             Some(d) => d.parse().ok()?,
             None => 0,
         };
-        Some(EntryName { id: stem[..plus].to_string(), suffix: suffix.to_string(), counter: Some((left, done)) })
+        Some(EntryName {
+            id: stem[..plus].to_string(),
+            suffix: suffix.to_string(),
+            counter: Some((left, done)),
+        })
     }
 
     pub fn file_name(&self) -> String {
@@ -79,13 +87,19 @@ impl EntryName {
 
     /// systemd-bless-boot good: no counter.
     pub fn blessed(&self) -> EntryName {
-        EntryName { counter: None, ..self.clone() }
+        EntryName {
+            counter: None,
+            ..self.clone()
+        }
     }
 
     /// systemd-bless-boot bad: `+0-DONE`.
     pub fn cursed(&self) -> EntryName {
         let d = self.counter.map(|(_, d)| d).unwrap_or(0);
-        EntryName { counter: Some((0, d)), ..self.clone() }
+        EntryName {
+            counter: Some((0, d)),
+            ..self.clone()
+        }
     }
 }
 
@@ -134,7 +148,10 @@ pub fn version_cmp(a: &str, b: &str) -> Ordering {
                 j += 1;
             }
         }
-        let (ca, cb) = (a.get(i).copied().unwrap_or(0), b.get(j).copied().unwrap_or(0));
+        let (ca, cb) = (
+            a.get(i).copied().unwrap_or(0),
+            b.get(j).copied().unwrap_or(0),
+        );
         if ca.is_ascii_digit() || cb.is_ascii_digit() {
             while i < a.len() && a[i] == b'0' {
                 i += 1;
@@ -201,11 +218,19 @@ pub fn read_entries(dir: &Path) -> Result<Vec<Entry>> {
     for de in rd {
         let de = de.ctx(|| format!("reading BLS entry directory {}", dir.display()))?;
         let file = de.file_name().to_string_lossy().into_owned();
-        let Some(name) = EntryName::parse(&file) else { continue };
+        let Some(name) = EntryName::parse(&file) else {
+            continue;
+        };
         if file.starts_with('.') || !de.file_type().map(|t| t.is_file()).unwrap_or(false) {
             continue;
         }
-        let mut e = Entry { file, name, sort_key: None, machine_id: None, version: None };
+        let mut e = Entry {
+            file,
+            name,
+            sort_key: None,
+            machine_id: None,
+            version: None,
+        };
         if e.name.suffix == ".conf" {
             let path = de.path();
             let meta = fs::metadata(&path).ctx(|| format!("reading {}", path.display()))?;
@@ -236,22 +261,42 @@ pub fn rename_noreplace(dir: &Path, from: &str, to: &str) -> Result<()> {
         return Ok(());
     }
     let (src, dst) = (dir.join(from), dir.join(to));
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::new(format!("path {} contains NUL", p.display())));
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| Error::new(format!("path {} contains NUL", p.display())))
+    };
     let (cs, cd) = (c(&src)?, c(&dst)?);
     // SAFETY: two valid NUL-terminated paths; renameat2 via syscall (musl may lack the wrapper).
     let r = unsafe {
-        libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, cs.as_ptr(), libc::AT_FDCWD, cd.as_ptr(), libc::RENAME_NOREPLACE)
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            cs.as_ptr(),
+            libc::AT_FDCWD,
+            cd.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
     };
     if r != 0 {
         let e = std::io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::ENOSYS) | Some(libc::EINVAL) => {
                 if dst.exists() {
-                    return Err(Error::new(format!("cannot rename {} to {}: target exists", src.display(), dst.display())));
+                    return Err(Error::new(format!(
+                        "cannot rename {} to {}: target exists",
+                        src.display(),
+                        dst.display()
+                    )));
                 }
-                fs::rename(&src, &dst).ctx(|| format!("renaming {} to {}", src.display(), dst.display()))?;
+                fs::rename(&src, &dst)
+                    .ctx(|| format!("renaming {} to {}", src.display(), dst.display()))?;
             }
-            _ => return Err(Error::io(format!("renaming {} to {}", src.display(), dst.display()), e)),
+            _ => {
+                return Err(Error::io(
+                    format!("renaming {} to {}", src.display(), dst.display()),
+                    e,
+                ))
+            }
         }
     }
     util::sync_dir(dir)
@@ -261,7 +306,12 @@ pub fn rename_noreplace(dir: &Path, from: &str, to: &str) -> Result<()> {
 fn loader_boot_count_name() -> Option<String> {
     let p = format!("/sys/firmware/efi/efivars/LoaderBootCountPath-{LOADER_GUID}");
     let data = fs::read(p).ok()?;
-    let utf16: Vec<u16> = data.get(4..)?.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&c| c != 0).collect();
+    let utf16: Vec<u16> = data
+        .get(4..)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&c| c != 0)
+        .collect();
     let s = String::from_utf16_lossy(&utf16);
     s.rsplit(['\\', '/']).next().map(str::to_string)
 }
@@ -284,7 +334,10 @@ impl BlsBackend {
                 return Some(e.clone());
             }
         }
-        entries.iter().find(|e| matches!(e.name.counter, Some((l, d)) if l > 0 && d > 0)).cloned()
+        entries
+            .iter()
+            .find(|e| matches!(e.name.counter, Some((l, d)) if l > 0 && d > 0))
+            .cloned()
     }
 }
 
@@ -293,7 +346,10 @@ impl Backend for BlsBackend {
         crate::grubenv::check_tries(tries)?;
         let entries = read_entries(&self.dir)?;
         let Some(first) = entries.iter().find(|e| !e.name.is_bad()) else {
-            return Err(Error::new(format!("no boot entry to arm in {}", self.dir.display())));
+            return Err(Error::new(format!(
+                "no boot entry to arm in {}",
+                self.dir.display()
+            )));
         };
         let mut n = first.name.clone();
         n.counter = Some((tries, 0));
@@ -310,18 +366,27 @@ impl Backend for BlsBackend {
 
     fn mark_bad(&mut self) -> Result<()> {
         let entries = read_entries(&self.dir)?;
-        let e = self
-            .booted(&entries)
-            .or_else(|| entries.iter().find(|e| matches!(e.name.counter, Some((l, _)) if l > 0)).cloned());
+        let e = self.booted(&entries).or_else(|| {
+            entries
+                .iter()
+                .find(|e| matches!(e.name.counter, Some((l, _)) if l > 0))
+                .cloned()
+        });
         match e {
             Some(e) => rename_noreplace(&self.dir, &e.file, &e.name.cursed().file_name()),
-            None => Err(Error::new(format!("no counted boot entry to mark bad in {}", self.dir.display()))),
+            None => Err(Error::new(format!(
+                "no counted boot entry to mark bad in {}",
+                self.dir.display()
+            ))),
         }
     }
 
     fn state(&self) -> Result<BootState> {
         let entries = read_entries(&self.dir)?;
-        let mut st = BootState { backend: "bls".into(), ..Default::default() };
+        let mut st = BootState {
+            backend: "bls".into(),
+            ..Default::default()
+        };
         for e in &entries {
             st.raw.push(("entry".into(), e.file.clone()));
             match e.name.counter {
@@ -358,8 +423,14 @@ mod tests {
         assert_eq!(n.counter, Some((3, 0)));
         assert_eq!(n.tried().file_name(), "os-2+2-1.conf");
         assert_eq!(EntryName::parse("a+b.conf").unwrap().counter, None);
-        assert_eq!(EntryName::parse("x+0-2.efi").unwrap().cursed().file_name(), "x+0-2.efi");
-        assert_eq!(EntryName::parse("x+1.conf").unwrap().cursed().file_name(), "x+0.conf");
+        assert_eq!(
+            EntryName::parse("x+0-2.efi").unwrap().cursed().file_name(),
+            "x+0-2.efi"
+        );
+        assert_eq!(
+            EntryName::parse("x+1.conf").unwrap().cursed().file_name(),
+            "x+0.conf"
+        );
         assert!(EntryName::parse("x.txt").is_none());
     }
 

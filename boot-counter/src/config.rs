@@ -99,8 +99,12 @@ impl BootConfig {
     /// Read a config file; a missing file gives the defaults when `required` is false.
     pub fn load(path: &Path, required: bool) -> Result<BootConfig> {
         match fs::read_to_string(path) {
-            Ok(t) => BootConfig::parse(&t).map_err(|e| e.context(format!("config {}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(BootConfig::default()),
+            Ok(t) => {
+                BootConfig::parse(&t).map_err(|e| e.context(format!("config {}", path.display())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(BootConfig::default())
+            }
             Err(e) => Err(e).ctx(|| format!("reading config {}", path.display())),
         }
     }
@@ -129,7 +133,12 @@ fn parse_value(v: &str) -> std::result::Result<String, String> {
                 Some('\\') => out.push('\\'),
                 Some('n') => out.push('\n'),
                 Some('t') => out.push('\t'),
-                other => return Err(format!("unsupported escape \\{}", other.map(String::from).unwrap_or_default())),
+                other => {
+                    return Err(format!(
+                        "unsupported escape \\{}",
+                        other.map(String::from).unwrap_or_default()
+                    ))
+                }
             },
             c => out.push(c),
         }

@@ -51,7 +51,9 @@ impl GreenbootConf {
                 continue;
             }
             let line = line.strip_prefix("export ").unwrap_or(line);
-            let Some((k, v)) = line.split_once('=') else { continue };
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
             let v = v.trim();
             match k.trim() {
                 "GREENBOOT_MAX_BOOT_ATTEMPTS" => {
@@ -73,7 +75,9 @@ impl GreenbootConf {
 
     pub fn load(root: &Path) -> GreenbootConf {
         let p = reroot(root, Path::new(GREENBOOT_CONF));
-        fs::read_to_string(p).map(|t| GreenbootConf::parse(&t)).unwrap_or_default()
+        fs::read_to_string(p)
+            .map(|t| GreenbootConf::parse(&t))
+            .unwrap_or_default()
     }
 }
 
@@ -104,7 +108,10 @@ impl Outcome {
     }
 
     fn failed(&self) -> bool {
-        matches!(self, Outcome::Failed(_) | Outcome::TimedOut | Outcome::Error(_))
+        matches!(
+            self,
+            Outcome::Failed(_) | Outcome::TimedOut | Outcome::Error(_)
+        )
     }
 }
 
@@ -151,7 +158,12 @@ pub fn list_scripts(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("reading check directory {}", dir.display()), e)),
+        Err(e) => {
+            return Err(Error::io(
+                format!("reading check directory {}", dir.display()),
+                e,
+            ))
+        }
     };
     let mut out = Vec::new();
     for de in rd {
@@ -161,7 +173,9 @@ pub fn list_scripts(dir: &Path) -> Result<Vec<PathBuf>> {
             continue;
         }
         let path = de.path();
-        let Ok(meta) = fs::metadata(&path) else { continue };
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
         if !meta.is_file() {
             continue;
         }
@@ -183,16 +197,24 @@ fn stderr_stdio() -> Stdio {
 
 /// Run one script with a timeout. Its output goes to our stderr (the journal).
 pub fn run_script(path: &Path, timeout: Duration, root: &Path) -> Outcome {
-    let executable = fs::metadata(path).map(|m| m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    let executable = fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false);
     let mut cmd = if executable {
         Command::new(path)
     } else {
-        let shell = if Path::new("/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
+        let shell = if Path::new("/bin/bash").exists() {
+            "/bin/bash"
+        } else {
+            "/bin/sh"
+        };
         let mut c = Command::new(shell);
         c.arg(path);
         c
     };
-    cmd.stdin(Stdio::null()).stdout(stderr_stdio()).env("OTTER_ROOT", root);
+    cmd.stdin(Stdio::null())
+        .stdout(stderr_stdio())
+        .env("OTTER_ROOT", root);
     // Own process group, so a timed-out script is killed together with its children.
     cmd.process_group(0);
     let mut child = match cmd.spawn() {
@@ -239,13 +261,22 @@ fn run_dir_set(
         let dev_dir = format!("{base}/{sub}");
         let dir = reroot(root, Path::new(&dev_dir));
         for path in list_scripts(&dir)? {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let start = Instant::now();
             let outcome = if gb.disabled_healthchecks.contains(&name) {
-                log(6, &format!("Script '{name}' is disabled (DISABLED_HEALTHCHECKS)"));
+                log(
+                    6,
+                    &format!("Script '{name}' is disabled (DISABLED_HEALTHCHECKS)"),
+                );
                 Outcome::Disabled
             } else if strict && !ok {
-                log(4, &format!("Script '{name}' was skipped due to a previous failure"));
+                log(
+                    4,
+                    &format!("Script '{name}' was skipped due to a previous failure"),
+                );
                 Outcome::Skipped
             } else {
                 log(6, &format!("Running {kind} script '{dev_dir}/{name}'"));
@@ -256,19 +287,34 @@ fn run_dir_set(
                 Outcome::Passed => log(6, &format!("Script '{name}' SUCCESS")),
                 Outcome::Failed(c) => {
                     let prio = if kind == "required" { 0 } else { 2 };
-                    log(prio, &format!("Script '{name}' FAILURE (exit code '{c}'). Continuing..."))
+                    log(
+                        prio,
+                        &format!("Script '{name}' FAILURE (exit code '{c}'). Continuing..."),
+                    )
                 }
                 Outcome::TimedOut => log(
                     if kind == "required" { 0 } else { 2 },
-                    &format!("Script '{name}' FAILURE (timed out after {}s)", timeout.as_secs()),
+                    &format!(
+                        "Script '{name}' FAILURE (timed out after {}s)",
+                        timeout.as_secs()
+                    ),
                 ),
-                Outcome::Error(e) => log(if kind == "required" { 0 } else { 2 }, &format!("Script '{name}' FAILURE: {e}")),
+                Outcome::Error(e) => log(
+                    if kind == "required" { 0 } else { 2 },
+                    &format!("Script '{name}' FAILURE: {e}"),
+                ),
                 _ => {}
             }
             if outcome.failed() {
                 ok = false;
             }
-            runs.push(ScriptRun { name, dir: dev_dir.clone(), kind, outcome, duration_ms });
+            runs.push(ScriptRun {
+                name,
+                dir: dev_dir.clone(),
+                kind,
+                outcome,
+                duration_ms,
+            });
         }
     }
     Ok(ok)
@@ -277,7 +323,8 @@ fn run_dir_set(
 /// The deployment this boot runs (`ostree=` kernel argument), if any.
 pub fn booted_deployment(root: &Path) -> Option<String> {
     let text = fs::read_to_string(reroot(root, Path::new("/proc/cmdline"))).ok()?;
-    text.split_whitespace().find_map(|a| a.strip_prefix("ostree=").map(str::to_string))
+    text.split_whitespace()
+        .find_map(|a| a.strip_prefix("ostree=").map(str::to_string))
 }
 
 fn read_json(path: &Path) -> Option<Value> {
@@ -307,12 +354,18 @@ fn state_json(st: &BootState) -> Value {
 /// If the bootloader fell back, run the rollback command, record why, clear the counter.
 /// Returns the rollback record when this boot is a fallback boot (also when it was handled
 /// earlier in this boot, e.g. by `detect-fallback`).
-pub fn handle_fallback(root: &Path, backend: &mut dyn Backend, cfg: &BootConfig) -> Result<Option<Value>> {
+pub fn handle_fallback(
+    root: &Path,
+    backend: &mut dyn Backend,
+    cfg: &BootConfig,
+) -> Result<Option<Value>> {
     let marker = reroot(root, Path::new(FALLBACK_MARKER));
     if let Some(v) = read_json(&marker) {
         return Ok(Some(v));
     }
-    let st = backend.state().ctx(|| "reading the boot counter".to_string())?;
+    let st = backend
+        .state()
+        .ctx(|| "reading the boot counter".to_string())?;
     if !st.fell_back {
         return Ok(None);
     }
@@ -343,10 +396,16 @@ pub fn handle_fallback(root: &Path, backend: &mut dyn Backend, cfg: &BootConfig)
     let reason = if failed_checks.is_empty() {
         "the new deployment did not complete a healthy boot within its tries (it may not have reached the health check)".to_string()
     } else {
-        format!("the new deployment failed its required health checks: {}", failed_checks.join(", "))
+        format!(
+            "the new deployment failed its required health checks: {}",
+            failed_checks.join(", ")
+        )
     };
 
-    log(5, &format!("Running rollback command: {}", cfg.rollback_command));
+    log(
+        5,
+        &format!("Running rollback command: {}", cfg.rollback_command),
+    );
     let status = Command::new("/bin/sh")
         .arg("-c")
         .arg(&cfg.rollback_command)
@@ -357,27 +416,59 @@ pub fn handle_fallback(root: &Path, backend: &mut dyn Backend, cfg: &BootConfig)
         .status();
     let (ok, error) = match status {
         Ok(s) if s.success() => (true, None),
-        Ok(s) => (false, Some(format!("rollback command {:?} failed with {s}", cfg.rollback_command))),
-        Err(e) => (false, Some(format!("cannot run rollback command {:?}: {e}", cfg.rollback_command))),
+        Ok(s) => (
+            false,
+            Some(format!(
+                "rollback command {:?} failed with {s}",
+                cfg.rollback_command
+            )),
+        ),
+        Err(e) => (
+            false,
+            Some(format!(
+                "cannot run rollback command {:?}: {e}",
+                cfg.rollback_command
+            )),
+        ),
     };
     if ok {
-        backend.clear_fallback().ctx(|| "clearing the boot counter after the rollback".to_string())?;
+        backend
+            .clear_fallback()
+            .ctx(|| "clearing the boot counter after the rollback".to_string())?;
         log(3, "Default deployment has been rolled back.");
     } else if let Some(e) = &error {
-        log(2, &format!("{e}; the boot counter is kept so the next boot tries again"));
+        log(
+            2,
+            &format!("{e}; the boot counter is kept so the next boot tries again"),
+        );
     }
     let record = Value::Obj(vec![
         ("version".into(), Value::Num(STATE_VERSION)),
         ("time".into(), Value::Num(util::now() as i64)),
         ("reason".into(), Value::Str(reason)),
-        ("failed_deployment".into(), failed_deployment.map_or(Value::Null, Value::Str)),
-        ("failed_checks".into(), Value::Arr(failed_checks.into_iter().map(Value::Str).collect())),
-        ("booted_deployment".into(), booted_deployment(root).map_or(Value::Null, Value::Str)),
+        (
+            "failed_deployment".into(),
+            failed_deployment.map_or(Value::Null, Value::Str),
+        ),
+        (
+            "failed_checks".into(),
+            Value::Arr(failed_checks.into_iter().map(Value::Str).collect()),
+        ),
+        (
+            "booted_deployment".into(),
+            booted_deployment(root).map_or(Value::Null, Value::Str),
+        ),
         ("backend".into(), Value::Str(backend.kind().into())),
         ("boot_state".into(), state_json(&st)),
         ("fallback_key".into(), Value::Str(key)),
-        ("rollback_command".into(), Value::Str(cfg.rollback_command.clone())),
-        ("status".into(), Value::Str(if ok { "ok" } else { "failed" }.into())),
+        (
+            "rollback_command".into(),
+            Value::Str(cfg.rollback_command.clone()),
+        ),
+        (
+            "status".into(),
+            Value::Str(if ok { "ok" } else { "failed" }.into()),
+        ),
         ("error".into(), error.map_or(Value::Null, Value::Str)),
     ]);
     write_json(&rollback_path, &record)?;
@@ -406,7 +497,12 @@ pub struct CheckOptions<'a> {
 
 /// Run the health checks and act on the verdict.
 pub fn check(opts: CheckOptions<'_>) -> Result<Verdict> {
-    let CheckOptions { root, config, no_reboot, mut backend } = opts;
+    let CheckOptions {
+        root,
+        config,
+        no_reboot,
+        mut backend,
+    } = opts;
     let gb = GreenbootConf::load(&root);
     let timeout = Duration::from_secs(config.check_timeout);
 
@@ -426,23 +522,49 @@ pub fn check(opts: CheckOptions<'_>) -> Result<Verdict> {
             }
         },
         None => {
-            log(4, "no boot-count backend configured: checks run, nothing is marked");
+            log(
+                4,
+                "no boot-count backend configured: checks run, nothing is marked",
+            );
             None
         }
     };
 
     let mut runs = Vec::new();
-    let required_ok = run_dir_set(&root, "check/required.d", "required", true, &gb, timeout, &mut runs)?;
-    run_dir_set(&root, "check/wanted.d", "wanted", false, &gb, timeout, &mut runs)?;
+    let required_ok = run_dir_set(
+        &root,
+        "check/required.d",
+        "required",
+        true,
+        &gb,
+        timeout,
+        &mut runs,
+    )?;
+    run_dir_set(
+        &root,
+        "check/wanted.d",
+        "wanted",
+        false,
+        &gb,
+        timeout,
+        &mut runs,
+    )?;
     let healthy = required_ok;
     let failed = |kind: &str| -> Vec<String> {
-        runs.iter().filter(|r| r.kind == kind && r.outcome.failed()).map(|r| r.name.clone()).collect()
+        runs.iter()
+            .filter(|r| r.kind == kind && r.outcome.failed())
+            .map(|r| r.name.clone())
+            .collect()
     };
     let (failed_required, failed_wanted) = (failed("required"), failed("wanted"));
     for w in &failed_wanted {
         log(4, &format!("wanted check '{w}' failed (warning only)"));
     }
-    let rollback_failed = fallback.as_ref().and_then(|f| f.get("status")).and_then(Value::as_str) == Some("failed");
+    let rollback_failed = fallback
+        .as_ref()
+        .and_then(|f| f.get("status"))
+        .and_then(Value::as_str)
+        == Some("failed");
 
     let mut reboot = false;
     let action;
@@ -466,16 +588,27 @@ pub fn check(opts: CheckOptions<'_>) -> Result<Verdict> {
         log(0, "Boot Status is RED - Health Check FAILURE!");
         run_dir_set(&root, "red.d", "red", false, &gb, timeout, &mut runs)?;
         let armed = state.as_ref().is_some_and(|s| s.armed && !s.fell_back);
-        let mut m = format!("otter health: RED - failed: {}.", failed_required.join(", "));
+        let mut m = format!(
+            "otter health: RED - failed: {}.",
+            failed_required.join(", ")
+        );
         if fallback.is_some() {
-            log(0, "The fallback deployment is unhealthy too. Manual intervention necessary.");
+            log(
+                0,
+                "The fallback deployment is unhealthy too. Manual intervention necessary.",
+            );
             action = "manual-intervention".to_string();
             m.push_str(" The fallback deployment is unhealthy too: manual intervention necessary.");
         } else if armed {
             let left = state.as_ref().and_then(|s| s.tries_left);
-            let left_txt = left.map(|l| format!(" ({l} tries left before fallback)")).unwrap_or_default();
+            let left_txt = left
+                .map(|l| format!(" ({l} tries left before fallback)"))
+                .unwrap_or_default();
             if no_reboot {
-                log(1, &format!("SYSTEM is UNHEALTHY. Would reboot{left_txt} (--no-reboot)."));
+                log(
+                    1,
+                    &format!("SYSTEM is UNHEALTHY. Would reboot{left_txt} (--no-reboot)."),
+                );
                 action = "reboot-skipped".to_string();
             } else {
                 log(1, &format!("SYSTEM is UNHEALTHY. Rebooting{left_txt}..."));
@@ -494,7 +627,9 @@ pub fn check(opts: CheckOptions<'_>) -> Result<Verdict> {
         Some(f) if f.get("status").and_then(Value::as_str) == Some("ok") => {
             format!("FALLBACK BOOT DETECTED! The previous deployment is the default again. {motd}")
         }
-        Some(_) => format!("FALLBACK BOOT DETECTED! Rolling back the default deployment FAILED. {motd}"),
+        Some(_) => {
+            format!("FALLBACK BOOT DETECTED! Rolling back the default deployment FAILED. {motd}")
+        }
         None => motd,
     };
 
@@ -502,30 +637,66 @@ pub fn check(opts: CheckOptions<'_>) -> Result<Verdict> {
     let record = Value::Obj(vec![
         ("version".into(), Value::Num(STATE_VERSION)),
         ("time".into(), Value::Num(util::now() as i64)),
-        ("verdict".into(), Value::Str(if healthy { "green" } else { "red" }.into())),
-        ("deployment".into(), booted_deployment(&root).map_or(Value::Null, Value::Str)),
-        ("failed_required".into(), Value::Arr(failed_required.into_iter().map(Value::Str).collect())),
-        ("failed_wanted".into(), Value::Arr(failed_wanted.into_iter().map(Value::Str).collect())),
-        ("checks".into(), Value::Arr(runs.iter().map(ScriptRun::to_json).collect())),
+        (
+            "verdict".into(),
+            Value::Str(if healthy { "green" } else { "red" }.into()),
+        ),
+        (
+            "deployment".into(),
+            booted_deployment(&root).map_or(Value::Null, Value::Str),
+        ),
+        (
+            "failed_required".into(),
+            Value::Arr(failed_required.into_iter().map(Value::Str).collect()),
+        ),
+        (
+            "failed_wanted".into(),
+            Value::Arr(failed_wanted.into_iter().map(Value::Str).collect()),
+        ),
+        (
+            "checks".into(),
+            Value::Arr(runs.iter().map(ScriptRun::to_json).collect()),
+        ),
         ("action".into(), Value::Str(action.clone())),
         ("fallback".into(), fallback.clone().unwrap_or(Value::Null)),
-        ("boot_state".into(), state_after.as_ref().map_or(Value::Null, state_json)),
+        (
+            "boot_state".into(),
+            state_after.as_ref().map_or(Value::Null, state_json),
+        ),
         ("motd".into(), Value::Str(motd.clone())),
     ]);
     write_json(&reroot(&root, Path::new(HEALTH_FILE)), &record)?;
     let motd_path = reroot(&root, Path::new(MOTD_FILE));
-    if let Err(e) = util::create_parent(&motd_path).and_then(|_| util::atomic_write(&motd_path, format!("{motd}\n").as_bytes())) {
+    if let Err(e) = util::create_parent(&motd_path)
+        .and_then(|_| util::atomic_write(&motd_path, format!("{motd}\n").as_bytes()))
+    {
         log(4, &format!("cannot write {}: {e}", motd_path.display()));
     }
     if reboot {
-        let st = Command::new("/bin/sh").arg("-c").arg(&config.reboot_command).stdin(Stdio::null()).status();
+        let st = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&config.reboot_command)
+            .stdin(Stdio::null())
+            .status();
         match st {
             Ok(s) if s.success() => {}
-            Ok(s) => log(2, &format!("reboot command {:?} failed with {s}", config.reboot_command)),
-            Err(e) => log(2, &format!("cannot run reboot command {:?}: {e}", config.reboot_command)),
+            Ok(s) => log(
+                2,
+                &format!("reboot command {:?} failed with {s}", config.reboot_command),
+            ),
+            Err(e) => log(
+                2,
+                &format!("cannot run reboot command {:?}: {e}", config.reboot_command),
+            ),
         }
     }
-    Ok(Verdict { healthy, runs, fallback, action, record })
+    Ok(Verdict {
+        healthy,
+        runs,
+        fallback,
+        action,
+        record,
+    })
 }
 
 #[cfg(test)]

@@ -49,7 +49,11 @@ impl Value {
 
     pub fn str_array(&self) -> Vec<String> {
         self.as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -92,7 +96,10 @@ impl Value {
 
     /// Parse a JSON document.
     pub fn parse(text: &str) -> Result<Value> {
-        let mut p = Parser { b: text.as_bytes(), i: 0 };
+        let mut p = Parser {
+            b: text.as_bytes(),
+            i: 0,
+        };
         let v = p.value(0)?;
         p.ws();
         if p.i != p.b.len() {
@@ -241,10 +248,16 @@ impl Parser<'_> {
             b'-' | b'0'..=b'9' => {
                 let start = self.i;
                 self.i += 1;
-                while self.i < self.b.len() && matches!(self.b[self.i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+                while self.i < self.b.len()
+                    && matches!(
+                        self.b[self.i],
+                        b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'
+                    )
+                {
                     self.i += 1;
                 }
-                let s = std::str::from_utf8(&self.b[start..self.i]).map_err(|_| self.err("bad number"))?;
+                let s = std::str::from_utf8(&self.b[start..self.i])
+                    .map_err(|_| self.err("bad number"))?;
                 match s.parse::<i64>() {
                     Ok(n) => Ok(Value::Num(n)),
                     // Non-integers are kept as their text; otter never writes them.
@@ -280,9 +293,14 @@ impl Parser<'_> {
                         b'r' => out.push(b'\r'),
                         b't' => out.push(b'\t'),
                         b'u' => {
-                            let hex = self.b.get(self.i..self.i + 4).ok_or_else(|| self.err("short \\u escape"))?;
-                            let hex = std::str::from_utf8(hex).map_err(|_| self.err("bad \\u escape"))?;
-                            let cp = u32::from_str_radix(hex, 16).map_err(|_| self.err("bad \\u escape"))?;
+                            let hex = self
+                                .b
+                                .get(self.i..self.i + 4)
+                                .ok_or_else(|| self.err("short \\u escape"))?;
+                            let hex =
+                                std::str::from_utf8(hex).map_err(|_| self.err("bad \\u escape"))?;
+                            let cp = u32::from_str_radix(hex, 16)
+                                .map_err(|_| self.err("bad \\u escape"))?;
                             self.i += 4;
                             let ch = char::from_u32(cp).unwrap_or('\u{fffd}');
                             let mut buf = [0u8; 4];
@@ -306,7 +324,10 @@ mod tests {
     fn round_trip() {
         let v = Value::Obj(vec![
             ("a".into(), Value::Str("x\"y\n\\".into())),
-            ("b".into(), Value::Arr(vec![Value::Num(-3), Value::Null, Value::Bool(true)])),
+            (
+                "b".into(),
+                Value::Arr(vec![Value::Num(-3), Value::Null, Value::Bool(true)]),
+            ),
             ("c".into(), Value::Obj(vec![])),
         ]);
         assert_eq!(Value::parse(&v.to_string()).unwrap(), v);

@@ -40,16 +40,25 @@ pub struct Error {
 
 impl Error {
     pub fn new(msg: impl Into<String>) -> Error {
-        Error { msg: msg.into(), source: None }
+        Error {
+            msg: msg.into(),
+            source: None,
+        }
     }
 
     pub fn io(msg: impl Into<String>, err: std::io::Error) -> Error {
-        Error { msg: msg.into(), source: Some(err) }
+        Error {
+            msg: msg.into(),
+            source: Some(err),
+        }
     }
 
     /// Prefix the message with what the caller was doing.
     pub fn context(self, what: impl fmt::Display) -> Error {
-        Error { msg: format!("{what}: {}", self.msg), source: self.source }
+        Error {
+            msg: format!("{what}: {}", self.msg),
+            source: self.source,
+        }
     }
 
     /// The underlying I/O error kind, if this error came from I/O.
@@ -119,15 +128,31 @@ impl BootState {
         let mut o = vec![
             ("backend".to_string(), Value::Str(self.backend.clone())),
             ("armed".to_string(), Value::Bool(self.armed)),
-            ("tries_left".to_string(), self.tries_left.map_or(Value::Null, |t| Value::Num(t.into()))),
-            ("tries".to_string(), self.tries.map_or(Value::Null, |t| Value::Num(t.into()))),
+            (
+                "tries_left".to_string(),
+                self.tries_left
+                    .map_or(Value::Null, |t| Value::Num(t.into())),
+            ),
+            (
+                "tries".to_string(),
+                self.tries.map_or(Value::Null, |t| Value::Num(t.into())),
+            ),
             ("fell_back".to_string(), Value::Bool(self.fell_back)),
             (
                 "bad_entries".to_string(),
-                Value::Arr(self.bad_entries.iter().map(|s| Value::Str(s.clone())).collect()),
+                Value::Arr(
+                    self.bad_entries
+                        .iter()
+                        .map(|s| Value::Str(s.clone()))
+                        .collect(),
+                ),
             ),
         ];
-        let raw = self.raw.iter().map(|(k, v)| (k.clone(), Value::Str(v.clone()))).collect();
+        let raw = self
+            .raw
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::Str(v.clone())))
+            .collect();
         o.push(("raw".to_string(), Value::Obj(raw)));
         Value::Obj(o).to_string()
     }
@@ -192,7 +217,9 @@ pub fn backend_from_spec_in_root(spec: &str, root: &Path) -> Result<Box<dyn Back
         )));
     };
     if path.is_empty() {
-        return Err(Error::new(format!("invalid boot-count backend {spec:?}: the path is empty")));
+        return Err(Error::new(format!(
+            "invalid boot-count backend {spec:?}: the path is empty"
+        )));
     }
     let path = reroot(root, Path::new(path));
     match kind {

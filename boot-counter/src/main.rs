@@ -53,7 +53,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, Fail> {
             _ => (arg.clone(), None),
         };
         let mut value = |name: &str| -> Result<String, Fail> {
-            inline.clone().or_else(|| it.next()).ok_or_else(|| usage(format!("{name} needs a value")))
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| usage(format!("{name} needs a value")))
         };
         match flag.as_str() {
             "--backend" => a.backend = Some(value("--backend")?),
@@ -61,7 +64,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, Fail> {
             "--root" => a.root = PathBuf::from(value("--root")?),
             "--tries" => {
                 let v = value("--tries")?;
-                a.tries = Some(v.parse().map_err(|_| usage(format!("--tries {v:?} is not a number")))?);
+                a.tries = Some(
+                    v.parse()
+                        .map_err(|_| usage(format!("--tries {v:?} is not a number")))?,
+                );
             }
             "--json" => a.json = true,
             "--no-reboot" => a.no_reboot = true,
@@ -80,14 +86,19 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, Fail> {
 fn load_config(a: &Args) -> Result<BootConfig, Fail> {
     let (path, required) = match &a.config {
         Some(p) => (p.clone(), true),
-        None => (otter_boot::reroot(&a.root, Path::new(DEFAULT_CONFIG)), false),
+        None => (
+            otter_boot::reroot(&a.root, Path::new(DEFAULT_CONFIG)),
+            false,
+        ),
     };
     BootConfig::load(&path, required).map_err(|e| Fail::Usage(e.to_string()))
 }
 
 fn open_backend(a: &Args, cfg: &BootConfig) -> Result<Option<Box<dyn Backend>>, Fail> {
     match a.backend.as_ref().or(cfg.backend.as_ref()) {
-        Some(spec) => backend_from_spec(spec).map(Some).map_err(|e| Fail::Usage(e.to_string())),
+        Some(spec) => backend_from_spec(spec)
+            .map(Some)
+            .map_err(|e| Fail::Usage(e.to_string())),
         None => Ok(None),
     }
 }
@@ -145,7 +156,11 @@ fn run(a: Args) -> Result<ExitCode, Fail> {
                 backend: b.as_mut().map(|x| x.as_mut() as &mut dyn Backend),
             })
             .map_err(rt)?;
-            return Ok(if v.healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            return Ok(if v.healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         other => return Err(Fail::Usage(format!("unknown command {other:?}"))),
     }

@@ -89,15 +89,31 @@ pub fn parse_fw_env_config(text: &str) -> Result<Vec<EnvLocation>> {
             Some(s) => Some(parse_hex(s).ok_or_else(|| err("NSECTORS is not hex"))?),
             None => None,
         };
-        out.push(EnvLocation { device: PathBuf::from(f[0]), offset, size, sector_size, sectors });
+        out.push(EnvLocation {
+            device: PathBuf::from(f[0]),
+            offset,
+            size,
+            sector_size,
+            sectors,
+        });
     }
     match out.len() {
         1 | 2 => {}
-        0 => return Err(Error::new("no environment location (expected 1 line, or 2 for a redundant environment)")),
-        n => return Err(Error::new(format!("{n} environment locations; at most 2 are supported"))),
+        0 => {
+            return Err(Error::new(
+                "no environment location (expected 1 line, or 2 for a redundant environment)",
+            ))
+        }
+        n => {
+            return Err(Error::new(format!(
+                "{n} environment locations; at most 2 are supported"
+            )))
+        }
     }
     if out.len() == 2 && out[0].size != out[1].size {
-        return Err(Error::new("the two redundant copies must have the same ENVSIZE"));
+        return Err(Error::new(
+            "the two redundant copies must have the same ENVSIZE",
+        ));
     }
     Ok(out)
 }
@@ -119,7 +135,10 @@ fn parse_c_int(s: &str) -> Option<i64> {
 }
 
 fn parse_hex(s: &str) -> Option<u64> {
-    let h = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+    let h = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
     u64::from_str_radix(h, 16).ok()
 }
 
@@ -129,7 +148,11 @@ pub fn crc32(data: &[u8]) -> u32 {
     for (i, t) in table.iter_mut().enumerate() {
         let mut c = i as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
         *t = c;
     }
@@ -148,14 +171,19 @@ pub struct Env {
 
 impl Env {
     pub fn get(&self, name: &str) -> Option<String> {
-        self.vars.get(name.as_bytes()).map(|v| String::from_utf8_lossy(v).into_owned())
+        self.vars
+            .get(name.as_bytes())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
     pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
         if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
-            return Err(Error::new(format!("invalid U-Boot variable {name:?}={value:?}")));
+            return Err(Error::new(format!(
+                "invalid U-Boot variable {name:?}={value:?}"
+            )));
         }
-        self.vars.insert(name.as_bytes().to_vec(), value.as_bytes().to_vec());
+        self.vars
+            .insert(name.as_bytes().to_vec(), value.as_bytes().to_vec());
         Ok(())
     }
 
@@ -204,7 +232,10 @@ enum CopyState {
     /// File missing, empty, or erased (all 0x00 or all 0xFF): no environment yet.
     Blank,
     Invalid(String),
-    Valid { flags: u8, env: Env },
+    Valid {
+        flags: u8,
+        env: Env,
+    },
 }
 
 /// An environment store described by an fw_env.config.
@@ -224,15 +255,19 @@ pub struct Loaded {
 impl UbootStore {
     /// Read an fw_env.config; regular-file devices are taken relative to `root`.
     pub fn open(config: &Path, root: &Path) -> Result<UbootStore> {
-        let text = fs::read_to_string(config).ctx(|| format!("reading fw_env.config {}", config.display()))?;
-        let mut copies =
-            parse_fw_env_config(&text).map_err(|e| e.context(format!("fw_env.config {}", config.display())))?;
+        let text = fs::read_to_string(config)
+            .ctx(|| format!("reading fw_env.config {}", config.display()))?;
+        let mut copies = parse_fw_env_config(&text)
+            .map_err(|e| e.context(format!("fw_env.config {}", config.display())))?;
         for c in &mut copies {
             if !c.device.starts_with("/dev") {
                 c.device = crate::reroot(root, &c.device);
             }
         }
-        Ok(UbootStore { config: config.to_path_buf(), copies })
+        Ok(UbootStore {
+            config: config.to_path_buf(),
+            copies,
+        })
     }
 
     pub fn from_locations(config: PathBuf, copies: Vec<EnvLocation>) -> UbootStore {
@@ -258,11 +293,17 @@ impl UbootStore {
             Err(e) => return Err(Error::io(format!("opening {}", loc.device.display()), e)),
         };
         let off = resolve_offset(&mut f, loc)?;
-        let len = f.seek(SeekFrom::End(0)).ctx(|| format!("seeking {}", loc.device.display()))?;
+        let len = f
+            .seek(SeekFrom::End(0))
+            .ctx(|| format!("seeking {}", loc.device.display()))?;
         if len == 0 && off == 0 {
             return Ok(CopyState::Blank);
         }
-        if len < off + loc.size as u64 && fs::metadata(&loc.device).map(|m| m.is_file()).unwrap_or(false) {
+        if len < off + loc.size as u64
+            && fs::metadata(&loc.device)
+                .map(|m| m.is_file())
+                .unwrap_or(false)
+        {
             return Ok(CopyState::Invalid(format!(
                 "{} is {len} bytes, too short for an environment of {:#x} bytes at offset {off:#x}",
                 loc.device.display(),
@@ -270,8 +311,10 @@ impl UbootStore {
             )));
         }
         let mut buf = vec![0u8; loc.size];
-        f.seek(SeekFrom::Start(off)).ctx(|| format!("seeking {}", loc.device.display()))?;
-        f.read_exact(&mut buf).ctx(|| format!("reading {} at offset {off:#x}", loc.device.display()))?;
+        f.seek(SeekFrom::Start(off))
+            .ctx(|| format!("seeking {}", loc.device.display()))?;
+        f.read_exact(&mut buf)
+            .ctx(|| format!("reading {} at offset {off:#x}", loc.device.display()))?;
         if buf.iter().all(|&b| b == 0xFF) || buf.iter().all(|&b| b == 0) {
             return Ok(CopyState::Blank);
         }
@@ -285,7 +328,10 @@ impl UbootStore {
             )));
         }
         let flags = if self.redundant() { buf[4] } else { 0 };
-        Ok(CopyState::Valid { flags, env: Env::parse_data(&buf[h..]) })
+        Ok(CopyState::Valid {
+            flags,
+            env: Env::parse_data(&buf[h..]),
+        })
     }
 
     /// Load the current environment. All copies blank → empty environment; no valid copy but
@@ -320,23 +366,36 @@ impl UbootStore {
         for (i, s) in states.iter().enumerate() {
             if let CopyState::Invalid(why) = s {
                 if active.is_some() {
-                    eprintln!("<4>otter-boot: U-Boot environment copy {}: {why}; using the other copy", i + 1);
+                    eprintln!(
+                        "<4>otter-boot: U-Boot environment copy {}: {why}; using the other copy",
+                        i + 1
+                    );
                 }
             }
         }
         match active {
             Some(i) => match states.swap_remove(i) {
-                CopyState::Valid { flags, env } => Ok(Loaded { env, active: Some(i), flags }),
+                CopyState::Valid { flags, env } => Ok(Loaded {
+                    env,
+                    active: Some(i),
+                    flags,
+                }),
                 _ => Err(Error::new("internal: active copy is not valid")),
             },
             None => {
-                if let Some(CopyState::Invalid(why)) = states.iter().find(|s| matches!(s, CopyState::Invalid(_))) {
+                if let Some(CopyState::Invalid(why)) =
+                    states.iter().find(|s| matches!(s, CopyState::Invalid(_)))
+                {
                     return Err(Error::new(format!(
                         "no valid U-Boot environment ({why}); check {} against the bootloader's env location",
                         self.config.display()
                     )));
                 }
-                Ok(Loaded { env: Env::default(), active: None, flags: 0 })
+                Ok(Loaded {
+                    env: Env::default(),
+                    active: None,
+                    flags: 0,
+                })
             }
         }
     }
@@ -360,7 +419,18 @@ impl UbootStore {
         if self.redundant() {
             buf[4] = flags;
         }
-        let single_file = !self.redundant() && fs::metadata(&loc.device).map(|m| m.is_file()).unwrap_or(true);
+        if self.redundant() && prev.active.is_none() {
+            // Fresh redundant environment: write copy 1 (flags 1) and copy 2 (flags 0, older),
+            // so both locations exist and hold a valid environment.
+            write_in_place(loc, &buf)?;
+            let mut older = buf.clone();
+            older[4] = 0;
+            return write_in_place(&self.copies[1 - target], &older);
+        }
+        let single_file = !self.redundant()
+            && fs::metadata(&loc.device)
+                .map(|m| m.is_file())
+                .unwrap_or(true);
         if single_file {
             replace_in_file(loc, &buf)?;
         } else {
@@ -369,11 +439,16 @@ impl UbootStore {
                 if let Some(old) = prev.active {
                     // Boolean flags on NOR: mark the old copy obsolete (programming 1→0 needs no erase).
                     let o = &self.copies[old];
-                    let f = OpenOptions::new().write(true).open(&o.device).ctx(|| format!("opening {}", o.device.display()))?;
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&o.device)
+                        .ctx(|| format!("opening {}", o.device.display()))?;
                     let mut fh = f;
                     let off = resolve_offset(&mut fh, o)?;
-                    fh.write_all_at(&[0], off + 4).ctx(|| format!("writing flag byte of {}", o.device.display()))?;
-                    fh.sync_all().ctx(|| format!("syncing {}", o.device.display()))?;
+                    fh.write_all_at(&[0], off + 4)
+                        .ctx(|| format!("writing flag byte of {}", o.device.display()))?;
+                    fh.sync_all()
+                        .ctx(|| format!("syncing {}", o.device.display()))?;
                 }
             }
         }
@@ -385,20 +460,38 @@ fn resolve_offset(f: &mut File, loc: &EnvLocation) -> Result<u64> {
     if loc.offset >= 0 {
         return Ok(loc.offset as u64);
     }
-    let end = f.seek(SeekFrom::End(0)).ctx(|| format!("seeking {}", loc.device.display()))?;
-    end.checked_sub(loc.offset.unsigned_abs())
-        .ok_or_else(|| Error::new(format!("negative offset {} is before the start of {}", loc.offset, loc.device.display())))
+    let end = f
+        .seek(SeekFrom::End(0))
+        .ctx(|| format!("seeking {}", loc.device.display()))?;
+    end.checked_sub(loc.offset.unsigned_abs()).ok_or_else(|| {
+        Error::new(format!(
+            "negative offset {} is before the start of {}",
+            loc.offset,
+            loc.device.display()
+        ))
+    })
 }
 
 fn is_mtd(path: &Path) -> bool {
-    fs::metadata(path).map(|m| m.file_type().is_char_device()).unwrap_or(false)
-        && path.file_name().map(|n| n.to_string_lossy().starts_with("mtd")).unwrap_or(false)
+    fs::metadata(path)
+        .map(|m| m.file_type().is_char_device())
+        .unwrap_or(false)
+        && path
+            .file_name()
+            .map(|n| n.to_string_lossy().starts_with("mtd"))
+            .unwrap_or(false)
 }
 
 fn mtd_info(f: &File) -> Option<MtdInfoUser> {
     let mut info = MtdInfoUser::default();
     // SAFETY: MEMGETINFO fills a struct mtd_info_user, which MtdInfoUser mirrors (repr(C)).
-    let r = unsafe { libc::ioctl(f.as_raw_fd(), MEMGETINFO as _, &mut info as *mut MtdInfoUser) };
+    let r = unsafe {
+        libc::ioctl(
+            f.as_raw_fd(),
+            MEMGETINFO as _,
+            &mut info as *mut MtdInfoUser,
+        )
+    };
     (r == 0).then_some(info)
 }
 
@@ -406,27 +499,46 @@ fn is_nor(path: &Path) -> bool {
     if !is_mtd(path) {
         return false;
     }
-    File::open(path).ok().and_then(|f| mtd_info(&f)).map(|i| i.kind == MTD_NORFLASH).unwrap_or(false)
+    File::open(path)
+        .ok()
+        .and_then(|f| mtd_info(&f))
+        .map(|i| i.kind == MTD_NORFLASH)
+        .unwrap_or(false)
 }
 
 /// Single copy in a regular file: copy the file to a temp file, patch it, fsync, rename.
 fn replace_in_file(loc: &EnvLocation, buf: &[u8]) -> Result<()> {
     let path = util::resolve_target(&loc.device);
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let res = (|| -> Result<()> {
-        let mut out = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+        let mut out = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .ctx(|| format!("creating {}", tmp.display()))?;
         if let Ok(mut src) = File::open(&path) {
-            std::io::copy(&mut src, &mut out).ctx(|| format!("copying {} to {}", path.display(), tmp.display()))?;
+            std::io::copy(&mut src, &mut out)
+                .ctx(|| format!("copying {} to {}", path.display(), tmp.display()))?;
         }
         let off = resolve_offset(&mut out, loc)?;
-        out.write_all_at(buf, off).ctx(|| format!("writing {}", tmp.display()))?;
+        out.write_all_at(buf, off)
+            .ctx(|| format!("writing {}", tmp.display()))?;
         out.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
         if let Ok(meta) = fs::metadata(&path) {
             let _ = fs::set_permissions(&tmp, meta.permissions());
         }
-        fs::rename(&tmp, &path).ctx(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        fs::rename(&tmp, &path)
+            .ctx(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         util::sync_dir(&dir)
     })();
     if res.is_err() {
@@ -447,26 +559,36 @@ fn write_in_place(loc: &EnvLocation, buf: &[u8]) -> Result<()> {
         .ctx(|| format!("opening {dev} for writing"))?;
     let off = resolve_offset(&mut f, loc)?;
     if is_mtd(&loc.device) {
-        let info = mtd_info(&f).ok_or_else(|| Error::new(format!("{dev}: MEMGETINFO failed; is it an MTD device?")))?;
+        let info = mtd_info(&f)
+            .ok_or_else(|| Error::new(format!("{dev}: MEMGETINFO failed; is it an MTD device?")))?;
         let es = loc.sector_size.unwrap_or(info.erasesize as u64).max(1);
         let start = off - off % es;
         let end = (off + buf.len() as u64).div_ceil(es) * es;
         let mut region = vec![0u8; (end - start) as usize];
-        f.read_exact_at(&mut region, start).ctx(|| format!("reading {dev} erase block at {start:#x}"))?;
+        f.read_exact_at(&mut region, start)
+            .ctx(|| format!("reading {dev} erase block at {start:#x}"))?;
         let rel = (off - start) as usize;
         region[rel..rel + buf.len()].copy_from_slice(buf);
         let erase = EraseInfoUser {
-            start: u32::try_from(start).map_err(|_| Error::new(format!("{dev}: offset too large for MEMERASE")))?,
-            length: u32::try_from(end - start).map_err(|_| Error::new(format!("{dev}: erase length too large")))?,
+            start: u32::try_from(start)
+                .map_err(|_| Error::new(format!("{dev}: offset too large for MEMERASE")))?,
+            length: u32::try_from(end - start)
+                .map_err(|_| Error::new(format!("{dev}: erase length too large")))?,
         };
         // SAFETY: MEMERASE reads a struct erase_info_user, which EraseInfoUser mirrors.
-        let r = unsafe { libc::ioctl(f.as_raw_fd(), MEMERASE as _, &erase as *const EraseInfoUser) };
+        let r =
+            unsafe { libc::ioctl(f.as_raw_fd(), MEMERASE as _, &erase as *const EraseInfoUser) };
         if r != 0 {
-            return Err(Error::io(format!("erasing {dev} at {start:#x}"), std::io::Error::last_os_error()));
+            return Err(Error::io(
+                format!("erasing {dev} at {start:#x}"),
+                std::io::Error::last_os_error(),
+            ));
         }
-        f.write_all_at(&region, start).ctx(|| format!("writing {dev} at {start:#x}"))?;
+        f.write_all_at(&region, start)
+            .ctx(|| format!("writing {dev} at {start:#x}"))?;
     } else {
-        f.write_all_at(buf, off).ctx(|| format!("writing {dev} at offset {off:#x}"))?;
+        f.write_all_at(buf, off)
+            .ctx(|| format!("writing {dev} at offset {off:#x}"))?;
     }
     f.flush().ctx(|| format!("flushing {dev}"))?;
     f.sync_all().ctx(|| format!("fsync {dev}"))
@@ -478,7 +600,12 @@ struct EnvLock(Option<File>);
 
 impl EnvLock {
     fn take() -> EnvLock {
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(LOCK_FILE).ok();
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(LOCK_FILE)
+            .ok();
         if let Some(f) = &f {
             // SAFETY: flock on an fd we own.
             unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
@@ -503,7 +630,9 @@ pub struct UbootBackend {
 
 impl UbootBackend {
     pub fn open(config: &Path, root: &Path) -> Result<UbootBackend> {
-        Ok(UbootBackend { store: UbootStore::open(config, root)? })
+        Ok(UbootBackend {
+            store: UbootStore::open(config, root)?,
+        })
     }
 
     pub fn store(&self) -> &UbootStore {
@@ -518,7 +647,12 @@ impl UbootBackend {
         if loaded.active.is_some() && env == loaded.env {
             return Ok(());
         }
-        self.store.save(&env, &loaded).ctx(|| format!("saving U-Boot environment ({})", self.store.config.display()))
+        self.store.save(&env, &loaded).ctx(|| {
+            format!(
+                "saving U-Boot environment ({})",
+                self.store.config.display()
+            )
+        })
     }
 }
 
@@ -554,8 +688,14 @@ impl Backend for UbootBackend {
 
     fn state(&self) -> Result<BootState> {
         let env = self.store.load()?.env;
-        let mut st = BootState { backend: "uboot".into(), ..Default::default() };
-        let ua = env.get("upgrade_available").map(|v| v.trim() == "1").unwrap_or(false);
+        let mut st = BootState {
+            backend: "uboot".into(),
+            ..Default::default()
+        };
+        let ua = env
+            .get("upgrade_available")
+            .map(|v| v.trim() == "1")
+            .unwrap_or(false);
         let count = num(&env, "bootcount").unwrap_or(0);
         let limit = num(&env, "bootlimit");
         st.tries = limit;
@@ -588,7 +728,10 @@ mod tests {
 
     #[test]
     fn config_lines() {
-        let c = parse_fw_env_config("# c\n/dev/mmcblk0 -0x4000 4000\n/boot/uboot.env 010 0x4000 200 2\n").unwrap();
+        let c = parse_fw_env_config(
+            "# c\n/dev/mmcblk0 -0x4000 4000\n/boot/uboot.env 010 0x4000 200 2\n",
+        )
+        .unwrap();
         assert_eq!(c[0].offset, -0x4000);
         assert_eq!(c[0].size, 0x4000);
         assert_eq!(c[1].offset, 8);

@@ -22,7 +22,10 @@ pub(crate) fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let res = (|| -> Result<()> {
         let mut f = OpenOptions::new()
@@ -31,13 +34,15 @@ pub(crate) fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
             .truncate(true)
             .open(&tmp)
             .ctx(|| format!("creating {}", tmp.display()))?;
-        f.write_all(data).ctx(|| format!("writing {}", tmp.display()))?;
+        f.write_all(data)
+            .ctx(|| format!("writing {}", tmp.display()))?;
         f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
         // Keep the mode of the file being replaced.
         if let Ok(meta) = fs::metadata(&path) {
             let _ = fs::set_permissions(&tmp, meta.permissions());
         }
-        fs::rename(&tmp, &path).ctx(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        fs::rename(&tmp, &path)
+            .ctx(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         sync_dir(&dir)
     })();
     if res.is_err() {
@@ -53,7 +58,10 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     match f.sync_all() {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
-        Err(e) => Err(crate::Error::io(format!("fsync directory {}", dir.display()), e)),
+        Err(e) => Err(crate::Error::io(
+            format!("fsync directory {}", dir.display()),
+            e,
+        )),
     }
 }
 
