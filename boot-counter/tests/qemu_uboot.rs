@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::{fw_printenv, otter_boot, require, run_ok, write_file};
 use otter_boot::uboot::{crc32, Env};
-use otter_boot::Backend;
 
 const UBOOT_BIN: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 const PART_OFFSET: u64 = 1 << 20;

@@ -425,9 +425,9 @@ fn reboot_timeout_and_disabled_checks() {
 #[test]
 fn usage_errors_exit_2() {
     let rig = Rig::new("grubenv", "");
-    let out = run(&mut otter_boot().args(["arm", "--tries", "x"]));
+    let out = run(otter_boot().args(["arm", "--tries", "x"]));
     assert_eq!(out.status.code(), Some(2));
-    let out = run(&mut otter_boot().args(["--backend", "nope:/x", "status"]));
+    let out = run(otter_boot().args(["--backend", "nope:/x", "status"]));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("unknown boot-count backend kind"));
     let out = run(&mut rig.cmd(&["arm", "--tries", "99"]));
@@ -435,7 +435,7 @@ fn usage_errors_exit_2() {
     assert!(stderr(&out).contains("use 1 to 20"));
     let bad = rig.tmp().join("bad.conf");
     write_file(&bad, "[boot]\ntypo = 1\n");
-    let out = run(&mut otter_boot().arg("--config").arg(&bad).arg("status"));
+    let out = run(otter_boot().arg("--config").arg(&bad).arg("status"));
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("unknown key \"typo\""),
