@@ -111,6 +111,7 @@ pub struct Entry {
     pub sort_key: Option<String>,
     pub machine_id: Option<String>,
     pub version: Option<String>,
+    pub options: Option<String>,
 }
 
 /// Compare version strings like systemd's `strverscmp_improved` (UAPI version format).
@@ -230,6 +231,7 @@ pub fn read_entries(dir: &Path) -> Result<Vec<Entry>> {
             sort_key: None,
             machine_id: None,
             version: None,
+            options: None,
         };
         if e.name.suffix == ".conf" {
             let path = de.path();
@@ -244,6 +246,7 @@ pub fn read_entries(dir: &Path) -> Result<Vec<Entry>> {
                         "sort-key" => e.sort_key = v,
                         "machine-id" => e.machine_id = v,
                         "version" => e.version = v,
+                        "options" => e.options = v,
                         _ => {}
                     }
                 }
@@ -390,7 +393,17 @@ impl Backend for BlsBackend {
         for e in &entries {
             st.raw.push(("entry".into(), e.file.clone()));
             match e.name.counter {
-                Some((0, _)) => st.bad_entries.push(e.file.clone()),
+                Some((0, _)) => {
+                    st.bad_entries.push(e.file.clone());
+                    if !st.fallback_key.is_empty() {
+                        st.fallback_key.push(' ');
+                    }
+                    st.fallback_key.push_str(&format!(
+                        "{}|{}",
+                        e.file,
+                        e.options.as_deref().unwrap_or("")
+                    ));
+                }
                 Some((l, _)) if !st.armed => {
                     st.armed = true;
                     st.tries_left = Some(l);

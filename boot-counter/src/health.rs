@@ -370,7 +370,7 @@ pub fn handle_fallback(
         return Ok(None);
     }
     let rollback_path = reroot(root, Path::new(ROLLBACK_FILE));
-    let key = st.fallback_key();
+    let key = st.fallback_key.clone();
     if !key.is_empty() {
         if let Some(prev) = read_json(&rollback_path) {
             if prev.get("fallback_key").and_then(Value::as_str) == Some(key.as_str())

@@ -114,15 +114,12 @@ pub struct BootState {
     pub bad_entries: Vec<String>,
     /// Raw variables/entries the state was derived from, for `status` (name, value).
     pub raw: Vec<(String, String)>,
+    /// Identifies this fallback where the backend cannot clear it (BLS: the bad entries' names
+    /// and `options` lines), so a handled fallback is not handled again; empty otherwise.
+    pub fallback_key: String,
 }
 
 impl BootState {
-    /// A key that identifies this fallback, so that a handled fallback is not handled again
-    /// (used where the backend cannot clear the fallback state itself, i.e. BLS).
-    pub fn fallback_key(&self) -> String {
-        self.bad_entries.join(" ")
-    }
-
     pub fn to_json(&self) -> String {
         use json::Value;
         let mut o = vec![

@@ -33,6 +33,16 @@ impl Rig {
                 );
                 format!("uboot:{}", cfg.display())
             }
+            "bls" => {
+                let d = tmp.path().join("entries");
+                for v in ["1", "2"] {
+                    write_file(
+                        &d.join(format!("ostree-{v}.conf")),
+                        &format!("title OS {v}\nversion {v}\nlinux /vmlinuz\n"),
+                    );
+                }
+                format!("bls:{}", d.display())
+            }
             _ => format!("grubenv:{}", tmp.path().join("grubenv").display()),
         };
         let config = tmp.path().join("otter.conf");
@@ -442,4 +452,48 @@ fn usage_errors_exit_2() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn bls_bad_entry_is_rolled_back_once() {
+    let rig = Rig::new("bls", "");
+    let entries = rig.tmp().join("entries");
+    run_ok(&mut rig.cmd(&["arm", "--tries", "1"]));
+    assert!(entries.join("ostree-2+1.conf").exists());
+    // systemd-boot: trial boot renames +1 -> +0-1 (bad); the next boot picks ostree-1.
+    std::fs::rename(
+        entries.join("ostree-2+1.conf"),
+        entries.join("ostree-2+0-1.conf"),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        rig.boot("/ostree/boot.1/os/old/1");
+        let out = rig.check();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(
+        rig.rollbacks().len(),
+        1,
+        "a bad entry that stays bad is handled once"
+    );
+    let rec = Value::parse(
+        &std::fs::read_to_string(rig.root.join("var/lib/otter/rollback.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        rec.get("fallback_key").unwrap().as_str(),
+        Some("ostree-2+0-1.conf|")
+    );
+    assert!(
+        entries.join("ostree-2+0-1.conf").exists(),
+        "the bad entry stays bad (sorted last)"
+    );
+    // A different deployment failing under the same file name is a new fallback.
+    write_file(
+        &entries.join("ostree-2+0-1.conf"),
+        "title OS 3\nversion 2\noptions ostree=/ostree/boot.0/os/other/0\n",
+    );
+    rig.boot("/ostree/boot.0/os/old/1");
+    assert!(rig.check().status.success());
+    assert_eq!(rig.rollbacks().len(), 2);
 }
