@@ -11,7 +11,7 @@ packages=(
   docker-registry apache2-utils mosquitto mosquitto-clients systemd tzdata
   qemu-system-arm u-boot-qemu dosfstools mtools e2fsprogs fdisk busybox-static cpio
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross time python3 python3-venv
-  systemd systemd-boot qemu-efi-aarch64
+  systemd-boot qemu-efi-aarch64
 )
 
 missing=()
