@@ -272,8 +272,8 @@ impl Repo {
                 bail!("repository {} has no {d}/ directory", path.display());
             }
         }
-        fs::create_dir_all(path.join("tmp"))
-            .with_context(|| format!("creating {}/tmp", path.display()))?;
+        // Like ostree: tmp/ is created on demand (best effort, the repo may be read-only).
+        let _ = fs::create_dir_all(path.join("tmp"));
         Ok(Repo {
             path: path.to_path_buf(),
             mode,
