@@ -23,6 +23,7 @@ pub mod fetch;
 pub mod fleet;
 pub mod import;
 pub mod ostree;
+pub mod progress;
 pub mod source;
 pub mod update;
 pub mod verify;
