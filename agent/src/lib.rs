@@ -23,6 +23,8 @@ pub mod fetch;
 pub mod fleet;
 pub mod import;
 pub mod ostree;
+#[cfg(feature = "publish")]
+pub mod publish;
 pub mod source;
 pub mod update;
 pub mod verify;

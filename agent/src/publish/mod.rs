@@ -1,0 +1,1 @@
+//! Publisher side: keys, signing, attaching release artifacts (feature `publish`).
