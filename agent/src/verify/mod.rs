@@ -181,38 +181,9 @@ pub fn verify_release_in(
     manifest_digest: &str,
     policy: &TrustPolicy,
 ) -> anyhow::Result<Option<ReleaseStatement>> {
-    let result = (|| -> anyhow::Result<ReleaseStatement> {
-        let keys = policy.load_keys()?;
-        if keys.keys.is_empty() {
-            return Err(VerificationError::NoTrustedKeys {
-                dirs: policy.key_dirs.clone(),
-            }
-            .into());
-        }
-        let candidates = find_statements(store, manifest_digest)?;
-        let mut worst = VerificationError::NoSignature {
-            manifest_digest: manifest_digest.into(),
-        };
-        for c in &candidates {
-            match verify_statement(&c.statement, &c.signature, manifest_digest, &keys, policy) {
-                Ok(stmt) => {
-                    log::info!(
-                        "release {} of {manifest_digest} verified (signature artifact {})",
-                        stmt.version,
-                        c.artifact.digest
-                    );
-                    return Ok(stmt);
-                }
-                Err(e) => {
-                    log::warn!("signature artifact {}: {e}", c.artifact.digest);
-                    if severity(&e) > severity(&worst) {
-                        worst = e;
-                    }
-                }
-            }
-        }
-        Err(worst.into())
-    })();
+    let result = policy
+        .load_keys()
+        .and_then(|keys| verify_with_keys(store, manifest_digest, &keys, policy));
     match result {
         Ok(stmt) => Ok(Some(stmt)),
         Err(e) if !policy.require_signature && is_verification_error(&e) => {
@@ -221,4 +192,42 @@ pub fn verify_release_in(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Like [`verify_release_in`] with an explicit key set and signatures always required.
+pub fn verify_with_keys(
+    store: &mut dyn ArtifactStore,
+    manifest_digest: &str,
+    keys: &TrustedKeys,
+    policy: &TrustPolicy,
+) -> anyhow::Result<ReleaseStatement> {
+    if keys.keys.is_empty() {
+        return Err(VerificationError::NoTrustedKeys {
+            dirs: keys.dirs.clone(),
+        }
+        .into());
+    }
+    let candidates = find_statements(store, manifest_digest)?;
+    let mut worst = VerificationError::NoSignature {
+        manifest_digest: manifest_digest.into(),
+    };
+    for c in &candidates {
+        match verify_statement(&c.statement, &c.signature, manifest_digest, keys, policy) {
+            Ok(stmt) => {
+                log::info!(
+                    "release {} of {manifest_digest} verified (signature artifact {})",
+                    stmt.version,
+                    c.artifact.digest
+                );
+                return Ok(stmt);
+            }
+            Err(e) => {
+                log::warn!("signature artifact {}: {e}", c.artifact.digest);
+                if severity(&e) > severity(&worst) {
+                    worst = e;
+                }
+            }
+        }
+    }
+    Err(worst.into())
 }
