@@ -23,6 +23,7 @@ pub mod fetch;
 pub mod fleet;
 pub mod import;
 pub mod ostree;
+pub mod progress;
 #[cfg(feature = "publish")]
 pub mod publish;
 pub mod source;
