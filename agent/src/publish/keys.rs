@@ -60,13 +60,25 @@ pub fn load_secret_key(path: &Path) -> Result<minisign::SecretKey> {
         .with_context(|| format!("cannot read secret key {}", path.display()))?;
     let sk_box = minisign::SecretKeyBox::from_string(&text)
         .map_err(|e| anyhow::anyhow!("{} is not a minisign secret key: {e}", path.display()))?;
-    let unencrypted = sk_box
-        .clone()
-        .into_unencrypted_secret_key()
-        .ok()
-        .filter(|sk| !sk.is_encrypted());
-    if let Some(sk) = unencrypted {
-        return Ok(sk);
+    // Unencrypted keys (`minisign -G -W`, `otter-publish keygen`): kdf algorithm 0x0000. The
+    // minisign CLI (0.11) leaves the checksum of such keys zeroed, which the crate's
+    // `into_unencrypted_secret_key` rejects as "Corrupted key", so parse the bytes directly.
+    let raw = text
+        .lines()
+        .nth(1)
+        .and_then(|l| crate::verify::keys::base64_decode(l.trim()))
+        .with_context(|| {
+            format!(
+                "{} is not a minisign secret key (line 2 is not base64)",
+                path.display()
+            )
+        })?;
+    if raw.len() != 158 || &raw[0..2] != b"Ed" {
+        bail!("{} is not a minisign Ed25519 secret key", path.display());
+    }
+    if raw[2..4] == [0, 0] {
+        return minisign::SecretKey::from_bytes(&raw)
+            .map_err(|e| anyhow::anyhow!("{} is not a valid secret key: {e}", path.display()));
     }
     let password = std::env::var(PASSWORD_ENV).ok();
     sk_box.into_secret_key(password).map_err(|e| {

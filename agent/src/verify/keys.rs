@@ -233,7 +233,7 @@ impl ParsedSignature {
 }
 
 /// Standard base64 with padding; `None` on anything else.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
     fn val(c: u8) -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => c - b'A',

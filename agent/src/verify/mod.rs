@@ -231,3 +231,55 @@ pub fn verify_with_keys(
     }
     Err(worst.into())
 }
+
+/// Adapter: an [`crate::source::ImageSource`] as an [`ArtifactStore`].
+pub struct SourceArtifacts<'a>(pub &'a mut dyn crate::source::ImageSource);
+
+fn to_source_descriptor(d: &ArtifactDescriptor) -> crate::source::Descriptor {
+    crate::source::Descriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.clone(),
+        size: d.size,
+        annotations: d.annotations.clone(),
+        artifact_type: d.artifact_type.clone(),
+    }
+}
+
+impl ArtifactStore for SourceArtifacts<'_> {
+    fn referrers(
+        &mut self,
+        manifest_digest: &str,
+        artifact_type: &str,
+    ) -> anyhow::Result<Vec<ArtifactDescriptor>> {
+        Ok(self
+            .0
+            .referrers(manifest_digest, artifact_type)?
+            .into_iter()
+            .map(|d| ArtifactDescriptor {
+                media_type: d.media_type,
+                digest: d.digest,
+                size: d.size,
+                artifact_type: d.artifact_type,
+                annotations: d.annotations,
+            })
+            .collect())
+    }
+
+    fn open(&mut self, desc: &ArtifactDescriptor) -> anyhow::Result<Box<dyn Read + '_>> {
+        self.0.open_blob(&to_source_descriptor(desc))
+    }
+}
+
+/// Fetch the release statement + signature referring to `image`, verify the signature with a
+/// trusted key of `policy` (key id match; statement and trusted comment), and check that the
+/// statement names this manifest digest and (if the policy has one) this board. Returns the
+/// statement; the caller then checks [`check_not_older`] and, after importing,
+/// [`check_content`]. `Ok(None)` only when `!policy.require_signature` and no valid signature
+/// was found (logged as a warning).
+pub fn verify_release(
+    source: &mut dyn crate::source::ImageSource,
+    image: &crate::source::ResolvedImage,
+    policy: &TrustPolicy,
+) -> anyhow::Result<Option<ReleaseStatement>> {
+    verify_release_in(&mut SourceArtifacts(source), &image.manifest_digest, policy)
+}
