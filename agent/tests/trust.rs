@@ -59,10 +59,18 @@ fn make_image(dir: &Path, tag: &str, version: &str, content: &str) {
         run(Command::new("umoci").args(["init", "--layout"]).arg(dir));
     }
     run(Command::new("umoci").args(["new", "--image", &img]));
-    run(Command::new("umoci")
-        .args(["insert", "--image", &img])
+    // GNU tar + `umoci raw add-layer`: umoci 0.4.7's `insert` writes layers whose tar stream lacks
+    // the last entry's padding and the end-of-archive blocks (GNU tar: "Unexpected EOF").
+    let tar = dir.with_extension("layer.tar");
+    run(Command::new("tar")
+        .arg("-C")
         .arg(&rootfs)
-        .arg("/"));
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    run(Command::new("umoci")
+        .args(["raw", "add-layer", "--image", &img])
+        .arg(&tar));
     run(Command::new("umoci").args([
         "config",
         "--image",
@@ -116,6 +124,36 @@ fn device_verify(
     let mut src = otter::source::open(&r, &source_opts(tmp))?;
     let resolved = src.resolve()?;
     verify_release(src.as_mut(), &resolved, policy)
+}
+
+/// Device side: import the image's layers into a fresh bare-user repo; returns the ostree
+/// ContentChecksum as printed by the real `ostree show`.
+fn device_import(image: &str, tmp: &Path) -> String {
+    need("ostree", "ostree");
+    let r: ImageRef = image.parse().unwrap();
+    let mut src = otter::source::open(&r, &source_opts(tmp)).unwrap();
+    let resolved = src.resolve().unwrap();
+    let repo_path = tmp.join(format!("repo-{}", &resolved.manifest_digest[7..19]));
+    let repo = otter::ostree::Repo::init(&repo_path, otter::ostree::RepoMode::BareUser).unwrap();
+    let mut importer = otter::import::Importer::new(&repo);
+    for layer in &resolved.manifest.layers {
+        let mut rd = src.open_blob(layer).unwrap();
+        importer.apply_layer(&layer.media_type, &mut rd).unwrap();
+    }
+    let imported = importer.commit("test", Vec::new(), None).unwrap();
+    let out = run(Command::new("ostree")
+        .arg(format!("--repo={}", repo_path.display()))
+        .arg("show")
+        .arg(imported.commit.to_hex()));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let shown = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ContentChecksum:"))
+        .unwrap_or_else(|| panic!("no ContentChecksum in `ostree show`: {text}"))
+        .trim()
+        .to_string();
+    assert_eq!(shown, imported.content_checksum.to_hex());
+    shown
 }
 
 fn verification_error(e: &anyhow::Error) -> VerificationError {
@@ -232,12 +270,7 @@ fn publish_keys_and_signatures_interoperate_with_minisign_cli() {
         .args(["sign", "--key"])
         .arg(&sk)
         .arg(&image)
-        .args([
-            "--board",
-            "qemu-arm64",
-            "--content-checksum",
-            &"ab".repeat(32),
-        ]));
+        .args(["--board", "qemu-arm64"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("version 2.0.0"));
     let subject = subject_of(&img, "v2");
     let layout = OciLayout::open(&img).unwrap();
@@ -285,6 +318,10 @@ fn publish_keys_and_signatures_interoperate_with_minisign_cli() {
     let got = device_verify(&image, t, &policy(&keys)).unwrap().unwrap();
     assert_eq!(got.version, "2.0.0");
     assert_eq!(got.board.as_deref(), Some("qemu-arm64"));
+    // the signed tree is the one a device import produces (checked with `ostree show`)
+    let imported = device_import(&image, t);
+    assert_eq!(got.content_checksum, imported);
+    check_content(&got, &imported).unwrap();
 
     // and real tools still read the layout with our extra index entry
     need("skopeo", "skopeo");
@@ -618,14 +655,14 @@ fn registry_signature_with_fallback_tag() {
     run(Command::new(PUBLISH)
         .args(["sign", "--plain-http", "--key"])
         .arg(t.join("pub.key"))
-        .arg(&image)
-        .args(["--content-checksum", &"cd".repeat(32)]));
+        .arg(&image));
     let (_, sk2) = minisign_keypair(t, "second");
     run(Command::new(PUBLISH)
         .args(["sign", "--plain-http", "--key"])
         .arg(&sk2)
         .arg(&image)
         .args(["--content-checksum", &"cd".repeat(32), "--version", "3.0.0"]));
+    // (the second statement signs a wrong tree: the device catches that after importing)
     let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
     let out = run(Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
@@ -647,6 +684,23 @@ fn registry_signature_with_fallback_tag() {
         (got.version.as_str(), got.manifest_digest.as_str()),
         ("3.0.0", digest.as_str())
     );
+    let imported = device_import(&image, t);
+    check_content(&got, &imported).unwrap();
+    // a statement (validly signed by another trusted key) for the wrong tree is caught after import
+    let second_keys = t.join("second-keys");
+    fs::create_dir_all(&second_keys).unwrap();
+    fs::copy(t.join("second.pub"), second_keys.join("second.pub")).unwrap();
+    let wrong = device_verify(&image, t, &policy(&second_keys))
+        .unwrap()
+        .unwrap();
+    match check_content(&wrong, &imported).unwrap_err() {
+        VerificationError::TreeMismatch {
+            expected, actual, ..
+        } => {
+            assert_eq!((expected, actual), ("cd".repeat(32), imported.clone()))
+        }
+        e => panic!("{e}"),
+    }
     run(Command::new(PUBLISH)
         .args(["verify", "--plain-http", "--key"])
         .arg(t.join("pub.pub"))

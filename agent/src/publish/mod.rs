@@ -240,12 +240,56 @@ pub fn sign(image: &str, key: &std::path::Path, opts: &SignOptions) -> Result<Si
     })
 }
 
-/// The ostree content checksum a correct import of `image` produces.
-pub fn content_checksum(image: &str, _plain_http: bool) -> Result<String> {
-    bail!(
-        "importing {image} to compute its content checksum is not available in this build: \
-         pass --content-checksum HEX"
-    )
+/// The ostree content checksum a correct import of `image` produces: the layers are imported
+/// with [`crate::import`] into a temporary bare-user repository (under `$TMPDIR`, removed
+/// afterwards), exactly as a device imports them.
+pub fn content_checksum(image: &str, plain_http: bool) -> Result<String> {
+    let reference: crate::source::ImageRef = image.parse()?;
+    let work = TempDir::new("otter-publish")?;
+    let mut opts = crate::source::SourceOptions {
+        blob_dir: work.path.join("blobs"),
+        ..Default::default()
+    };
+    if let (true, crate::source::ImageRef::Registry { host, .. }) = (plain_http, &reference) {
+        opts.insecure_hosts.push(host.clone());
+    }
+    let mut src = crate::source::open(&reference, &opts)?;
+    let resolved = src.resolve()?;
+    let repo =
+        crate::ostree::Repo::init(&work.path.join("repo"), crate::ostree::RepoMode::BareUser)?;
+    let mut importer = crate::import::Importer::new(&repo);
+    for layer in &resolved.manifest.layers {
+        let mut reader = src.open_blob(layer)?;
+        importer
+            .apply_layer(&layer.media_type, &mut reader)
+            .with_context(|| format!("cannot import layer {}", layer.digest))?;
+    }
+    let imported = importer.commit(&format!("otter-publish {image}"), Vec::new(), None)?;
+    Ok(imported.content_checksum.to_hex())
+}
+
+/// A scratch directory removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(prefix: &str) -> Result<TempDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&path)
+            .with_context(|| format!("cannot create scratch directory {}", path.display()))?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
 
 /// Verify the release artifact of `image` with the public key file (or directory of `*.pub`

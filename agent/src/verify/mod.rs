@@ -37,8 +37,8 @@ pub use policy::{
 };
 pub use statement::{ReleaseStatement, MAX_STATEMENT_SIZE, TRUSTED_COMMENT_PREFIX};
 
-/// Import rules version this agent applies (`otter::import::IMPORT_RULES_VERSION`).
-pub const LOCAL_IMPORT_RULES: u64 = 1;
+/// Import rules version this agent applies.
+pub const LOCAL_IMPORT_RULES: u64 = crate::import::IMPORT_RULES_VERSION;
 
 /// Where release artifacts are looked up: the seam between verification and an image source.
 pub trait ArtifactStore {
