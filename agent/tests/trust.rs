@@ -248,6 +248,23 @@ fn publish_keys_and_signatures_interoperate_with_minisign_cli() {
     assert_eq!(code, 1);
     assert!(err.contains("already exists"), "{err}");
 
+    // garbage secret key / usage errors
+    fs::write(t.join("garbage.key"), "not a key\n").unwrap();
+    let (code, err) = run_fail(
+        Command::new(PUBLISH)
+            .args(["sign", "--key"])
+            .arg(t.join("garbage.key"))
+            .arg("oci:/nonexistent:v1"),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("garbage.key") && err.contains("not a minisign secret key"),
+        "{err}"
+    );
+    let (code, err) = run_fail(Command::new(PUBLISH).args(["sign", "oci:/x:y"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--key"), "{err}");
+
     // the minisign CLI signs with our secret key (no password) and verifies with our public key
     let f = t.join("file.txt");
     fs::write(&f, "payload").unwrap();
