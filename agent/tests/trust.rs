@@ -734,3 +734,59 @@ fn registry_signature_with_fallback_tag() {
     let got = device_verify(&offline, t, &policy(&keys)).unwrap().unwrap();
     assert_eq!(got.manifest_digest, digest);
 }
+
+#[test]
+fn statement_recorded_in_commit_drives_anti_rollback() {
+    need("ostree", "ostree");
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let repo_path = t.join("repo");
+    let repo = otter::ostree::Repo::init(&repo_path, otter::ostree::RepoMode::BareUser).unwrap();
+    let stmt = statement_for(&format!("sha256:{}", "56".repeat(32)), "2.1.0");
+    let mut importer = otter::import::Importer::new(&repo);
+    let mut empty: &[u8] = &[0u8; 1024];
+    importer
+        .apply_layer("application/vnd.oci.image.layer.v1.tar", &mut empty)
+        .unwrap();
+    let imported = importer
+        .commit(
+            "with statement",
+            vec![
+                otter::verify::statement_metadata(&stmt),
+                (
+                    "version".into(),
+                    otter::ostree::MetaValue::Str("2.1.0".into()),
+                ),
+            ],
+            None,
+        )
+        .unwrap();
+    // the real ostree CLI reads the recorded statement back byte for byte
+    let out = run(Command::new("ostree")
+        .arg(format!("--repo={}", repo_path.display()))
+        .arg("show")
+        .arg(format!(
+            "--print-metadata-key={}",
+            otter::verify::COMMIT_META_STATEMENT
+        ))
+        .arg(imported.commit.to_hex()));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let json = String::from_utf8(stmt.to_canonical_json()).unwrap();
+    assert_eq!(shown.trim(), format!("'{json}'"));
+
+    let commit = repo.read_commit(&imported.commit).unwrap();
+    let booted = otter::verify::release_of_commit(&commit).unwrap();
+    assert_eq!(
+        booted,
+        ReleaseVersion {
+            version: "2.1.0".into(),
+            timestamp: Some(1_800_000_000)
+        }
+    );
+    let older = statement_for(&stmt.manifest_digest, "2.0.9");
+    let e = check_not_older(&older, Some(&booted), &TrustPolicy::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("2.0.9") && e.to_string().contains("2.1.0"),
+        "{e}"
+    );
+}

@@ -283,3 +283,69 @@ pub fn verify_release(
 ) -> anyhow::Result<Option<ReleaseStatement>> {
     verify_release_in(&mut SourceArtifacts(source), &image.manifest_digest, policy)
 }
+
+/// Commit metadata key under which the update flow stores the verified statement (canonical
+/// JSON string) so that later updates can compare against the booted release.
+pub const COMMIT_META_STATEMENT: &str = "otter.release.statement";
+
+/// The commit metadata entry recording `stmt` (add it to the metadata given to
+/// `Importer::commit`).
+pub fn statement_metadata(stmt: &ReleaseStatement) -> (String, crate::ostree::MetaValue) {
+    let json = String::from_utf8_lossy(&stmt.to_canonical_json()).into_owned();
+    (
+        COMMIT_META_STATEMENT.to_string(),
+        crate::ostree::MetaValue::Str(json),
+    )
+}
+
+/// The release a deployed commit carries, for [`check_not_older`]: its recorded statement
+/// (version + timestamp) if any, else its `version` metadata (from the image label) without a
+/// timestamp, else `None`.
+pub fn release_of_commit(commit: &crate::ostree::Commit) -> Option<ReleaseVersion> {
+    if let Some(json) = commit.meta_str(COMMIT_META_STATEMENT) {
+        match ReleaseStatement::parse(json.as_bytes()) {
+            Ok(stmt) => return Some(ReleaseVersion::from(&stmt)),
+            Err(e) => log::warn!(
+                "commit {}: ignoring recorded statement: {e}",
+                commit.checksum
+            ),
+        }
+    }
+    commit.meta_str("version").map(|v| ReleaseVersion {
+        version: v.to_string(),
+        timestamp: None,
+    })
+}
+
+/// The checks before importing, in one call: [`verify_release`], then [`check_not_older`]
+/// against `booted` (see [`release_of_commit`]). Without a statement (signatures not required
+/// and none valid), anti-rollback compares the image's version label when both are known.
+pub fn check_release(
+    source: &mut dyn crate::source::ImageSource,
+    image: &crate::source::ResolvedImage,
+    policy: &TrustPolicy,
+    booted: Option<&ReleaseVersion>,
+) -> anyhow::Result<Option<ReleaseStatement>> {
+    let stmt = verify_release(source, image, policy)?;
+    match &stmt {
+        Some(s) => check_not_older(s, booted, policy)?,
+        None => {
+            if let (Some(v), Some(b)) = (image.config.version(), booted) {
+                let pseudo = ReleaseStatement {
+                    manifest_digest: image.manifest_digest.clone(),
+                    content_checksum: String::new(),
+                    version: v.to_string(),
+                    timestamp: 0,
+                    board: None,
+                    import_rules: LOCAL_IMPORT_RULES,
+                };
+                let booted = ReleaseVersion {
+                    version: b.version.clone(),
+                    timestamp: None,
+                };
+                check_not_older(&pseudo, Some(&booted), policy)?;
+            }
+        }
+    }
+    Ok(stmt)
+}
