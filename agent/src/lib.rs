@@ -24,6 +24,8 @@ pub mod fleet;
 pub mod import;
 pub mod ostree;
 pub mod progress;
+#[cfg(feature = "publish")]
+pub mod publish;
 pub mod source;
 pub mod update;
 pub mod verify;
