@@ -78,6 +78,12 @@ pub struct BootConfig {
     pub backend: String,
     /// Boot attempts a new deployment gets before the bootloader falls back.
     pub tries: u32,
+    /// Command `otter-boot` runs to roll back after failed health checks.
+    pub rollback_command: String,
+    /// Command `otter-boot` runs to reboot.
+    pub reboot_command: String,
+    /// Seconds the health checks may take in total.
+    pub check_timeout: u64,
 }
 
 /// `[mqtt]` (used by `otter daemon`)
@@ -133,6 +139,9 @@ impl Default for Config {
             boot: BootConfig {
                 backend: "none".into(),
                 tries: 3,
+                rollback_command: "otter rollback".into(),
+                reboot_command: "systemctl reboot".into(),
+                check_timeout: 300,
             },
             mqtt: MqttConfig {
                 broker: None,
@@ -243,7 +252,10 @@ impl Config {
                 }
                 self.boot.backend = v.into()
             }
-            ("boot", "tries") => self.boot.tries = parse_num(v, 1, 100)? as u32,
+            ("boot", "tries") => self.boot.tries = parse_num(v, 1, 20)? as u32,
+            ("boot", "rollback-command") => self.boot.rollback_command = v.into(),
+            ("boot", "reboot-command") => self.boot.reboot_command = v.into(),
+            ("boot", "check-timeout") => self.boot.check_timeout = parse_num(v, 1, 86400)?,
             ("mqtt", "broker") => self.mqtt.broker = opt_str(v),
             ("mqtt", "username") => self.mqtt.username = opt_str(v),
             ("mqtt", "password-file") => self.mqtt.password_file = opt_path(v),

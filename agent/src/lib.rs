@@ -27,5 +27,6 @@ pub mod progress;
 #[cfg(feature = "publish")]
 pub mod publish;
 pub mod source;
+pub mod status;
 pub mod update;
 pub mod verify;
