@@ -261,6 +261,7 @@ fn run(
         reference: image.to_string(),
         digest: resolved.manifest_digest.clone(),
     });
+    check_platform(&resolved, opts.config.update.platform.as_deref())?;
     let digest = resolved.manifest_digest.clone();
     let hex = source::digest::sha256_hex(&digest)?.to_owned();
 
@@ -345,6 +346,32 @@ fn run(
         message: format!("deployed {} ({})", d.name(), digest),
     });
     Ok(Outcome::Deployed(Box::new(d)))
+}
+
+/// Refuse an image built for another OS/architecture than the device's (the host's, or
+/// `[update] platform`). An index is resolved to the right platform by the source; this catches
+/// single-platform images.
+fn check_platform(image: &ResolvedImage, configured: Option<&str>) -> Result<()> {
+    let want = match configured {
+        Some(p) => source::Platform::parse(p)
+            .with_context(|| format!("invalid [update] platform {p:?}"))?,
+        None => source::Platform::host(),
+    };
+    let c = &image.config;
+    let os_ok = c.os.is_empty() || c.os == want.os;
+    let arch_ok = c.architecture.is_empty() || c.architecture == want.architecture;
+    if !(os_ok && arch_ok) {
+        bail!(
+            "{} ({}) is an image for {}/{}, not for this device ({}); pick the right image, or \
+             set [update] platform when installing for another machine",
+            image.reference,
+            image.manifest_digest,
+            c.os,
+            c.architecture,
+            want
+        );
+    }
+    Ok(())
 }
 
 /// The manifest digest a commit was imported from.
