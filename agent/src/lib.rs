@@ -26,6 +26,10 @@ pub mod fsutil;
 pub mod fuzzing;
 pub mod import;
 pub mod ostree;
+pub mod progress;
+#[cfg(feature = "publish")]
+pub mod publish;
 pub mod source;
+pub mod status;
 pub mod update;
 pub mod verify;
