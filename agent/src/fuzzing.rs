@@ -123,3 +123,106 @@ pub fn mqtt(data: &[u8]) {
         }
     }
 }
+
+/// First byte: 0 manifest or index, 1 image config, 2 digest string, 3 image reference,
+/// 4 platform string.
+pub fn oci(data: &[u8]) {
+    use crate::source::oci;
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    let text = std::str::from_utf8(body).ok();
+    match which % 5 {
+        0 => {
+            if let Ok(oci::ManifestKind::Manifest(m)) = oci::parse_manifest_or_index(body, None) {
+                let _ = oci::check_image_manifest(&m);
+            }
+        }
+        1 => {
+            if let Ok(c) = oci::parse_config(body) {
+                let _ = c.version();
+            }
+        }
+        2 => {
+            if let Some(t) = text {
+                let _ = crate::source::digest::sha256_hex(t);
+            }
+        }
+        3 => {
+            if let Some(t) = text {
+                if let Ok(r) = t.parse::<crate::source::ImageRef>() {
+                    // The canonical form must parse back to the same reference.
+                    let again: crate::source::ImageRef =
+                        r.to_string().parse().unwrap_or_else(|e| {
+                            panic!("canonical form of {t:?} does not parse: {e:#}")
+                        });
+                    assert_eq!(r, again, "canonical form of {t:?} changes the reference");
+                }
+            }
+        }
+        _ => {
+            if let Some(t) = text {
+                let _ = oci::Platform::parse(t);
+            }
+        }
+    }
+}
+
+/// First byte: 0 GRUB environment block, 1 U-Boot environment data area, 2 fw_env.config.
+/// Parsed environments must re-serialize into blocks that parse to the same variables.
+pub fn boot_env(data: &[u8]) {
+    use otter_boot::{grubenv::GrubEnv, uboot};
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    match which % 3 {
+        0 => {
+            if let Ok(env) = GrubEnv::parse(body) {
+                if let Ok(bytes) = env.to_bytes() {
+                    let again = GrubEnv::parse(&bytes)
+                        .unwrap_or_else(|e| panic!("re-serialized grubenv does not parse: {e}"));
+                    assert_eq!(env.vars(), again.vars());
+                }
+            }
+        }
+        1 => {
+            let env = uboot::Env::parse_data(body);
+            if let Ok(bytes) = env.to_data(body.len().max(16)) {
+                assert_eq!(uboot::Env::parse_data(&bytes), env);
+            }
+        }
+        _ => {
+            if let Ok(t) = std::str::from_utf8(body) {
+                let _ = uboot::parse_fw_env_config(t);
+            }
+        }
+    }
+}
+
+/// First byte: 0 release statement, 1 minisign signature file, 2 minisign public key file.
+pub fn verify(data: &[u8]) {
+    use crate::verify::{keys::ParsedSignature, ReleaseStatement, TrustedKey};
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    match which % 3 {
+        0 => {
+            if let Ok(s) = ReleaseStatement::parse(body) {
+                assert_eq!(
+                    s.to_canonical_json(),
+                    body,
+                    "accepted a non-canonical statement"
+                );
+                let _ = s.check_trusted_comment(&s.trusted_comment());
+            }
+        }
+        1 => {
+            let _ = ParsedSignature::parse(body);
+        }
+        _ => {
+            if let Ok(t) = std::str::from_utf8(body) {
+                let _ = TrustedKey::parse(t, std::path::Path::new("fuzz.pub"));
+            }
+        }
+    }
+}

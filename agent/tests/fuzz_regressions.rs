@@ -55,3 +55,18 @@ fn import_tar() {
     let repo = Repo::init(&tmp.path().join("repo"), RepoMode::BareUser).unwrap();
     run("import_tar", |d| otter::fuzzing::import_tar(&repo, d));
 }
+
+#[test]
+fn oci() {
+    run("oci", otter::fuzzing::oci);
+}
+
+#[test]
+fn boot_env() {
+    run("boot_env", otter::fuzzing::boot_env);
+}
+
+#[test]
+fn verify() {
+    run("verify", otter::fuzzing::verify);
+}

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use crate::fsutil::crash_point;
 use crate::ostree::{fsync_dir, sys};
 
 /// Deepest directory nesting we copy or delete.
@@ -68,6 +69,7 @@ pub fn remove_all(path: &Path) -> Result<()> {
     if md.is_dir() {
         remove_dir_rec(path, 0)
     } else {
+        crash_point("unlink")?;
         fs::remove_file(path).with_context(|| format!("deleting {}", path.display()))
     }
 }
@@ -89,6 +91,7 @@ fn remove_dir_rec(dir: &Path, depth: usize) -> Result<()> {
             fs::remove_file(&p).with_context(|| format!("deleting {}", p.display()))?;
         }
     }
+    crash_point("rmdir")?;
     fs::remove_dir(dir).with_context(|| format!("deleting {}", dir.display()))
 }
 
@@ -99,9 +102,11 @@ pub fn copy_entry(src: &Path, dst: &Path) -> Result<()> {
     let ft = md.file_type();
     if ft.is_symlink() {
         let target = fs::read_link(src).with_context(|| format!("readlink {}", src.display()))?;
+        crash_point("symlink")?;
         symlink(&target, dst).with_context(|| format!("creating symlink {}", dst.display()))?;
     } else if ft.is_file() {
         let mut r = File::open(src).with_context(|| format!("opening {}", src.display()))?;
+        crash_point("create")?;
         let mut w = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -156,6 +161,7 @@ fn copy_tree_rec(src: &Path, dst: &Path, depth: usize) -> Result<()> {
     if !md.is_dir() {
         return copy_entry(src, dst);
     }
+    crash_point("mkdir")?;
     fs::create_dir(dst).with_context(|| format!("creating {}", dst.display()))?;
     for e in fs::read_dir(src).with_context(|| format!("listing {}", src.display()))? {
         let e = e.with_context(|| format!("listing {}", src.display()))?;
@@ -193,7 +199,9 @@ pub fn symlink_replace(target: &str, link: &Path) -> Result<()> {
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
+    crash_point("symlink")?;
     symlink(target, &tmp).with_context(|| format!("creating symlink {}", tmp.display()))?;
+    crash_point("rename")?;
     fs::rename(&tmp, link)
         .with_context(|| format!("renaming {} to {}", tmp.display(), link.display()))?;
     fsync_dir(dir)
@@ -212,6 +220,7 @@ pub fn install_file(src: &Path, dst: &Path) -> Result<()> {
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
+    crash_point("link")?;
     if fs::hard_link(src, &tmp).is_err() {
         let mut r = File::open(src).with_context(|| format!("opening {}", src.display()))?;
         let mut w = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -219,9 +228,11 @@ pub fn install_file(src: &Path, dst: &Path) -> Result<()> {
             .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
         w.set_permissions(fs::Permissions::from_mode(0o644))
             .with_context(|| format!("chmod {}", tmp.display()))?;
+        crash_point("fsync")?;
         w.sync_all()
             .with_context(|| format!("fsync {}", tmp.display()))?;
     }
+    crash_point("rename")?;
     fs::rename(&tmp, dst)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
     fsync_dir(dir)
@@ -235,6 +246,7 @@ pub fn create_dir_all(path: &Path, mode: u32) -> Result<()> {
     if let Some(p) = path.parent() {
         create_dir_all(p, mode)?;
     }
+    crash_point("mkdir")?;
     match fs::create_dir(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),

@@ -172,6 +172,11 @@ pub fn fset_mtime_zero(f: &File) -> Result<()> {
     check(r, || "futimens".to_string())
 }
 
+/// Flush the whole filesystem holding `f` (a crash point, see [`crate::fsutil`]).
+pub fn syncfs(f: &File) -> Result<()> {
+    crate::fsutil::syncfs(f)
+}
+
 /// Take an OFD lock (shared or exclusive) on the whole file; blocks until granted.
 /// Released when the file is closed.
 pub fn ofd_lock(f: &File, exclusive: bool) -> Result<()> {

@@ -1,0 +1,736 @@
+//! Crash injection: run an operation in a child process, kill it with SIGKILL at the N-th crash
+//! point (`otter::fsutil`, cargo feature `crash-points`, `OTTER_CRASH_AT=N`), then check what a
+//! power cut must leave behind:
+//!
+//! * the repository passes the real `ostree fsck`;
+//! * the sysroot is readable by the real `ostree admin status`; the deployment that was the
+//!   default before is still there with an unchanged tree, and the default is either it or the
+//!   complete new one;
+//! * rerunning the operation completes.
+//!
+//! Every operation is first run once with `OTTER_CRASH_LOG` to count its crash points; the points
+//! tried are spread evenly over them (all of them when there are fewer than the budget). The same
+//! mechanism injects EIO (`OTTER_CRASH_AT=N:eio`): the operation must fail with the error, and
+//! change nothing. ENOSPC comes from a real 8 MiB tmpfs.
+//!
+//! The summary table (operation × points × recovered) is printed and written to
+//! `target/crash-summary.txt`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod deploy_util;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use deploy_util::{admin_status_list, make_os_tree, run, snapshot, Tmpfs};
+
+const OTTER: &str = env!("CARGO_BIN_EXE_otter");
+/// Kill points tried per operation (spread evenly when an operation has more);
+/// `OTTER_CRASH_KILL_POINTS` overrides it.
+const KILL_POINTS: u64 = 100;
+/// EIO points tried per operation; `OTTER_CRASH_EIO_POINTS` overrides it.
+const EIO_POINTS: u64 = 20;
+
+fn budget(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child side: operations that have no CLI of their own run in this test binary, re-executed.
+
+const CHILD_ENV: &str = "OTTER_CRASH_CHILD";
+
+/// Not a test: the child half of `import_commit` (runs only when the harness starts this binary
+/// with OTTER_CRASH_CHILD set; ignored otherwise).
+#[test]
+#[ignore = "child process of the crash harness"]
+fn crash_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let (repo, tar) = spec.split_once('|').unwrap();
+    let repo = otter::ostree::Repo::open(Path::new(repo)).unwrap();
+    let mut imp = otter::import::Importer::new(&repo);
+    let mut f = fs::File::open(tar).unwrap();
+    let res = imp
+        .apply_layer("application/vnd.oci.image.layer.v1.tar", &mut f)
+        .and_then(|()| imp.commit("crash test", vec![], None))
+        .and_then(|done| {
+            repo.set_ref("otter/new", Some(&done.commit))?;
+            Ok(done)
+        });
+    match res {
+        Ok(done) => println!("content {}", done.content_checksum),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn child_import(repo: &Path, tar: &Path, crash: Option<&str>, log: Option<&Path>) -> Output {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "crash_child",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, format!("{}|{}", repo.display(), tar.display()));
+    env_crash(&mut c, crash, log);
+    c.output().unwrap()
+}
+
+fn env_crash(c: &mut Command, crash: Option<&str>, log: Option<&Path>) {
+    c.env_remove("OTTER_CRASH_AT").env_remove("OTTER_CRASH_LOG");
+    if let Some(n) = crash {
+        c.env("OTTER_CRASH_AT", n);
+    }
+    if let Some(l) = log {
+        c.env("OTTER_CRASH_LOG", l);
+    }
+}
+
+fn otter(sysroot: &Path, args: &[&str], crash: Option<&str>, log: Option<&Path>) -> Output {
+    let mut c = Command::new(OTTER);
+    c.arg(format!("--sysroot={}", sysroot.display()))
+        .arg("--config=/dev/null")
+        .args(args)
+        .env_remove("OTTER_BOOTED_DEPLOYMENT");
+    env_crash(&mut c, crash, log);
+    c.output().unwrap()
+}
+
+fn killed(o: &Output) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    o.status.signal() == Some(libc::SIGKILL)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks.
+
+fn fsck(repo: &Path) -> Result<(), String> {
+    let o = Command::new("ostree")
+        .arg("fsck")
+        .arg(format!("--repo={}", repo.display()))
+        .output()
+        .map_err(|e| format!("cannot run ostree (apt package ostree): {e}"))?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    if !o.status.success() || !out.contains("no errors found") {
+        return Err(format!("ostree fsck failed: {}", text(&o)));
+    }
+    Ok(())
+}
+
+/// Our own reader must also accept the repo (refs listing, every ref's commit).
+fn our_refs(repo: &Path) -> Result<Vec<(String, otter::ostree::Checksum)>, String> {
+    let r = otter::ostree::Repo::open(repo).map_err(|e| format!("{e:#}"))?;
+    let refs = r.list_refs("").map_err(|e| format!("list_refs: {e:#}"))?;
+    for (n, c) in &refs {
+        r.read_commit(c)
+            .map_err(|e| format!("ref {n}: commit {c} unreadable: {e:#}"))?;
+    }
+    Ok(refs)
+}
+
+fn cp_a(from: &Path, to: &Path) {
+    run(Command::new("cp").arg("-a").arg(from).arg(to));
+}
+
+/// `n` points spread evenly over 1..=total.
+fn spread(total: u64, n: u64) -> Vec<u64> {
+    if total <= n {
+        return (1..=total).collect();
+    }
+    if n < 2 {
+        return (1..=n).map(|_| total / 2).collect();
+    }
+    let mut v: Vec<u64> = (0..n).map(|i| 1 + i * (total - 1) / (n - 1)).collect();
+    v.dedup();
+    v
+}
+
+fn count_points(log: &Path) -> u64 {
+    fs::read_to_string(log)
+        .map(|s| s.lines().count() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Row {
+    op: String,
+    points: u64,
+    tried: usize,
+    recovered: usize,
+    eio_tried: usize,
+    eio_clean: usize,
+    failures: Vec<String>,
+}
+
+impl Row {
+    fn new(op: &str, points: u64) -> Row {
+        Row {
+            op: op.to_string(),
+            points,
+            ..Row::default()
+        }
+    }
+    fn kill(&mut self, n: u64, r: Result<(), String>) {
+        self.tried += 1;
+        match r {
+            Ok(()) => self.recovered += 1,
+            Err(e) => self
+                .failures
+                .push(format!("{} killed at point {n}: {e}", self.op)),
+        }
+    }
+    fn eio(&mut self, n: u64, r: Result<(), String>) {
+        self.eio_tried += 1;
+        match r {
+            Ok(()) => self.eio_clean += 1,
+            Err(e) => self
+                .failures
+                .push(format!("{} EIO at point {n}: {e}", self.op)),
+        }
+    }
+}
+
+fn report(rows: &[Row], extra: &[(String, bool)]) {
+    let mut s = String::new();
+    writeln!(
+        s,
+        "{:<22} {:>7} {:>7} {:>10} {:>8} {:>10}",
+        "operation", "points", "killed", "recovered", "EIO", "EIO clean"
+    )
+    .unwrap();
+    for r in rows {
+        writeln!(
+            s,
+            "{:<22} {:>7} {:>7} {:>10} {:>8} {:>10}",
+            r.op, r.points, r.tried, r.recovered, r.eio_tried, r.eio_clean
+        )
+        .unwrap();
+    }
+    for (what, ok) in extra {
+        writeln!(s, "{what:<48} {}", if *ok { "ok" } else { "FAILED" }).unwrap();
+    }
+    println!("\n{s}");
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let _ = fs::write(target.join("crash-summary.txt"), &s);
+    let all: Vec<&str> = rows
+        .iter()
+        .flat_map(|r| &r.failures)
+        .map(String::as_str)
+        .collect();
+    let _ = fs::write(target.join("crash-failures.txt"), all.join("\n"));
+    let failures: Vec<&String> = rows.iter().flat_map(|r| &r.failures).collect();
+    let extra_failed: Vec<&String> = extra.iter().filter(|e| !e.1).map(|e| &e.0).collect();
+    assert!(
+        failures.is_empty() && extra_failed.is_empty(),
+        "{} failures:\n{}\n{extra_failed:?}",
+        failures.len(),
+        failures
+            .iter()
+            .take(10)
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures.
+
+/// A tar layer with `n` files (and a directory per 10), written with the tar crate.
+fn make_tar(path: &Path, n: usize, big: usize) {
+    let mut b = tar::Builder::new(fs::File::create(path).unwrap());
+    for i in 0..n {
+        let data = format!("file {i}\n").repeat(1 + i % 7);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(
+            &mut h,
+            format!("usr/share/d{}/f{i}", i / 10),
+            data.as_bytes(),
+        )
+        .unwrap();
+    }
+    if big > 0 {
+        let data = vec![0x5au8; big];
+        let mut h = tar::Header::new_gnu();
+        h.set_size(big as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        b.append_data(&mut h, "usr/share/big.bin", data.as_slice())
+            .unwrap();
+    }
+    b.finish().unwrap();
+}
+
+/// OCI layout with tags v1 and v2 (umoci), like the CLI tests build.
+fn build_images(work: &Path) -> PathBuf {
+    let layout = work.join("layout");
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    for (tag, kernel) in [("v1", "1"), ("v2", "2")] {
+        let img = format!("{}:{tag}", layout.display());
+        run(Command::new("umoci").args(["new", "--image", &img]));
+        let bundle = work.join(format!("bundle-{tag}"));
+        run(Command::new("umoci")
+            .args(["unpack", "--image", &img])
+            .arg(&bundle));
+        let rootfs = bundle.join("rootfs");
+        make_os_tree(&rootfs, &tag[1..], tag, kernel);
+        fs::rename(rootfs.join("usr/etc"), rootfs.join("etc")).unwrap();
+        for i in 0..20 {
+            fs::write(
+                rootfs.join(format!("usr/bin/tool{i}")),
+                format!("{tag} {i}\n"),
+            )
+            .unwrap();
+        }
+        run(Command::new("umoci")
+            .args(["repack", "--image", &img])
+            .arg(&bundle));
+        fs::remove_dir_all(&bundle).unwrap();
+    }
+    layout
+}
+
+fn repo_of(sr: &Path) -> PathBuf {
+    sr.join("ostree/repo")
+}
+
+/// (stateroot, csum.serial) list, or an error naming what `ostree admin status` said.
+fn admin_list(sr: &Path) -> Result<Vec<(String, String)>, String> {
+    std::panic::catch_unwind(|| admin_status_list(sr))
+        .map_err(|_| "ostree admin status failed".to_string())
+}
+
+fn deployment_dir(sr: &Path, d: &(String, String)) -> PathBuf {
+    sr.join(format!("ostree/deploy/{}/deploy/{}", d.0, d.1))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn import_commit(work: &Path) -> Row {
+    let tar = work.join("layer.tar");
+    make_tar(&tar, 60, 0);
+    let pristine = work.join("pristine-repo");
+    let repo = otter::ostree::Repo::init(&pristine, otter::ostree::RepoMode::BareUser).unwrap();
+    let mut imp = otter::import::Importer::new(&repo);
+    let base_tar = work.join("base.tar");
+    make_tar(&base_tar, 5, 0);
+    imp.apply_layer(
+        "application/vnd.oci.image.layer.v1.tar",
+        &mut fs::File::open(&base_tar).unwrap(),
+    )
+    .unwrap();
+    let base = imp.commit("base", vec![], None).unwrap();
+    repo.set_ref("otter/base", Some(&base.commit)).unwrap();
+
+    // Reference run: point count and the content checksum a complete run gives.
+    let r = work.join("ref-repo");
+    cp_a(&pristine, &r);
+    let log = work.join("import.log");
+    let o = child_import(&r, &tar, None, Some(&log));
+    assert!(o.status.success(), "reference import: {}", text(&o));
+    let want = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| l.split_once("content ").map(|(_, c)| c.trim().to_owned()))
+        .unwrap();
+    let total = count_points(&log);
+    let mut row = Row::new("import+commit", total);
+
+    let check = |r: &Path| -> Result<(), String> {
+        fsck(r)?;
+        let refs = our_refs(r)?;
+        if !refs
+            .iter()
+            .any(|(n, c)| n == "otter/base" && *c == base.commit)
+        {
+            return Err(format!("otter/base changed: {refs:?}"));
+        }
+        Ok(())
+    };
+    for n in spread(total, budget("OTTER_CRASH_KILL_POINTS", KILL_POINTS)) {
+        let r = work.join(format!("k{n}"));
+        cp_a(&pristine, &r);
+        let o = child_import(&r, &tar, Some(&n.to_string()), None);
+        let res = (|| {
+            if !killed(&o) {
+                return Err(format!("not killed: {}", text(&o)));
+            }
+            check(&r)?;
+            let o = child_import(&r, &tar, None, None);
+            if !o.status.success() {
+                return Err(format!("rerun failed: {}", text(&o)));
+            }
+            if !String::from_utf8_lossy(&o.stdout).contains(&want) {
+                return Err(format!("rerun gave another tree: {}", text(&o)));
+            }
+            check(&r)
+        })();
+        row.kill(n, res);
+        fs::remove_dir_all(&r).unwrap();
+    }
+    let refs_before = our_refs(&pristine).unwrap();
+    for n in spread(total, budget("OTTER_CRASH_EIO_POINTS", EIO_POINTS)) {
+        let r = work.join(format!("e{n}"));
+        cp_a(&pristine, &r);
+        let o = child_import(&r, &tar, Some(&format!("{n}:eio")), None);
+        let res = (|| {
+            eio_reported(&o)?;
+            // Refs unchanged (unless the EIO hit the final fsync after the ref's rename: then the
+            // new ref is there and fsck vouches for its commit) and no staging left behind.
+            // Objects already moved into the store before the failure stay (complete and
+            // checksummed; the next prune removes them), as with ostree itself.
+            let mut refs_now = our_refs(&r)?;
+            refs_now.retain(|(n, _)| n != "otter/new" || o.status.code() == Some(1));
+            if refs_now
+                .iter()
+                .filter(|(n, _)| n != "otter/new")
+                .ne(refs_before.iter())
+            {
+                return Err(format!("refs changed after a failed import: {refs_now:?}"));
+            }
+            let staging: Vec<_> = fs::read_dir(r.join("tmp")).unwrap().collect();
+            if !staging.is_empty() {
+                return Err(format!("{} staging entries left in tmp/", staging.len()));
+            }
+            check(&r)
+        })();
+        row.eio(n, res);
+        fs::remove_dir_all(&r).unwrap();
+    }
+    row
+}
+
+/// A full copy of a sysroot plus what must hold after a crash of `op`.
+fn sysroot_op(
+    work: &Path,
+    name: &str,
+    pristine: &Path,
+    args: &[&str],
+    check: &dyn Fn(&Path) -> Result<(), String>,
+    rerun_ok: &dyn Fn(&Path, &Output) -> Result<(), String>,
+    eio_unchanged: bool,
+) -> Row {
+    let log = work.join(format!("{name}.log"));
+    let r = work.join(format!("{name}-ref"));
+    cp_a(pristine, &r);
+    let o = otter(&r, args, None, Some(&log));
+    assert!(o.status.success(), "reference {name}: {}", text(&o));
+    // An EIO after the operation's commit point fails it, but the new state is already in effect.
+    let after_ref = eio_unchanged.then(|| state_of(&r));
+    let _ = fs::remove_dir_all(&r);
+    let total = count_points(&log);
+    let mut row = Row::new(name, total);
+    for n in spread(total, budget("OTTER_CRASH_KILL_POINTS", KILL_POINTS)) {
+        let sr = work.join(format!("{name}-k{n}"));
+        cp_a(pristine, &sr);
+        let o = otter(&sr, args, Some(&n.to_string()), None);
+        let res = (|| {
+            if !killed(&o) {
+                return Err(format!("not killed: {}", text(&o)));
+            }
+            check(&sr)?;
+            let o = otter(&sr, args, None, None);
+            rerun_ok(&sr, &o)?;
+            check(&sr)
+        })();
+        row.kill(n, res);
+        let _ = fs::remove_dir_all(&sr); // deployment dirs may be chattr +i; the tmpfs goes anyway
+    }
+    let before = if eio_unchanged {
+        Some(state_of(pristine))
+    } else {
+        None
+    };
+    for n in spread(total, budget("OTTER_CRASH_EIO_POINTS", EIO_POINTS)) {
+        let sr = work.join(format!("{name}-e{n}"));
+        cp_a(pristine, &sr);
+        let o = otter(&sr, args, Some(&format!("{n}:eio")), None);
+        let res = (|| {
+            eio_reported(&o)?;
+            check(&sr)?;
+            if let Some(b) = &before {
+                if !o.status.success() {
+                    let a = state_of(&sr);
+                    if &a != b && Some(&a) != after_ref.as_ref() {
+                        return Err(format!(
+                            "a failed operation changed the deployments or the default tree: \
+                             {:?} -> {:?}",
+                            b.0, a.0
+                        ));
+                    }
+                }
+            }
+            let o = otter(&sr, args, None, None);
+            rerun_ok(&sr, &o)?;
+            check(&sr)
+        })();
+        row.eio(n, res);
+        let _ = fs::remove_dir_all(&sr); // deployment dirs may be chattr +i; the tmpfs goes anyway
+    }
+    row
+}
+
+/// Deployment list and the default deployment's tree: what a failed operation must keep. (The
+/// deploy refs `ostree/B/S/N` of the next boot version may be left: they only keep objects from
+/// being pruned, as with ostree.)
+fn state_of(sr: &Path) -> (Vec<(String, String)>, BTreeMap<PathBuf, String>) {
+    let list = admin_status_list(sr);
+    let tree = list
+        .first()
+        .map(|d| snapshot(&deployment_dir(sr, d)))
+        .unwrap_or_default();
+    (list, tree)
+}
+
+/// The injected EIO must surface: a failure naming it, or (when it hit a best-effort step after
+/// the operation's commit point) success with a warning naming it. Never a crash or a hang.
+fn eio_reported(o: &Output) -> Result<(), String> {
+    let err = String::from_utf8_lossy(&o.stderr);
+    if killed(o) || o.status.code().is_none() {
+        return Err(format!("died: {}", text(o)));
+    }
+    if !err.contains("Input/output error") {
+        return Err(format!("EIO not reported: {}", text(o)));
+    }
+    if err.contains("panicked") {
+        return Err(format!("panicked on EIO: {}", text(o)));
+    }
+    Ok(())
+}
+
+#[test]
+fn crash_suite() {
+    let t = Tmpfs::new();
+    let work = t.path();
+    let mut rows = Vec::new();
+    let mut extra = Vec::new();
+
+    rows.push(import_commit(work));
+
+    let layout = build_images(work);
+    let v1 = format!("oci:{}:v1", layout.display());
+    let v2 = format!("oci:{}:v2", layout.display());
+    let nosig = "--no-signature-verification";
+
+    // install onto an empty sysroot.
+    let empty = work.join("empty-sysroot");
+    fs::create_dir(&empty).unwrap();
+    let install_args = ["install", nosig, "--stateroot=os", &v1];
+    let install_check = |sr: &Path| -> Result<(), String> {
+        if repo_of(sr).join("config").exists() {
+            fsck(&repo_of(sr))?;
+        }
+        if sr.join("boot/loader").exists() {
+            let l = admin_list(sr)?;
+            if l.len() > 1 {
+                return Err(format!("{} deployments after one install", l.len()));
+            }
+            if let Some(d) = l.first() {
+                let dir = deployment_dir(sr, d);
+                if !dir.join("usr/bin/hello").is_file() {
+                    return Err(format!("default deployment {} is incomplete", d.1));
+                }
+            }
+        }
+        Ok(())
+    };
+    let install_rerun = |sr: &Path, o: &Output| -> Result<(), String> {
+        let done = admin_list(sr).map(|l| l.len() == 1).unwrap_or(false);
+        if o.status.success()
+            || (done && String::from_utf8_lossy(&o.stderr).contains("already has deployment"))
+        {
+            if !done {
+                return Err("rerun succeeded but no deployment".into());
+            }
+            return Ok(());
+        }
+        Err(format!("rerun failed: {}", text(o)))
+    };
+    rows.push(sysroot_op(
+        work,
+        "otter install",
+        &empty,
+        &install_args,
+        &install_check,
+        &install_rerun,
+        false,
+    ));
+
+    // upgrade: v1 installed, switch to v2 (same code path as upgrade, with a new image).
+    let one = work.join("sysroot-v1");
+    fs::create_dir(&one).unwrap();
+    let o = otter(&one, &install_args, None, None);
+    assert!(o.status.success(), "{}", text(&o));
+    let v1_dep = admin_status_list(&one)[0].clone();
+    let v1_tree = snapshot(&deployment_dir(&one, &v1_dep));
+    let v1_dep2 = v1_dep.clone();
+    let v1_tree2 = v1_tree.clone();
+    let upgrade_check = move |sr: &Path| -> Result<(), String> {
+        fsck(&repo_of(sr))?;
+        let l = admin_list(sr)?;
+        if !l.contains(&v1_dep2) {
+            return Err(format!("the v1 deployment is gone: {l:?}"));
+        }
+        if snapshot(&deployment_dir(sr, &v1_dep2)) != v1_tree2 {
+            return Err("the v1 deployment's tree changed".into());
+        }
+        for d in &l {
+            if !deployment_dir(sr, d).join("usr/bin/hello").is_file() {
+                return Err(format!("deployment {} listed but incomplete", d.1));
+            }
+        }
+        our_refs(&repo_of(sr)).map(|_| ())
+    };
+    let upgrade_rerun = |sr: &Path, o: &Output| -> Result<(), String> {
+        if !o.status.success() {
+            return Err(format!("rerun failed: {}", text(o)));
+        }
+        let l = admin_list(sr)?;
+        let default = deployment_dir(sr, &l[0]);
+        let tool = fs::read_to_string(default.join("usr/bin/tool0")).unwrap_or_default();
+        if tool != "v2 0\n" {
+            return Err(format!("after the rerun the default is not v2: {l:?}"));
+        }
+        Ok(())
+    };
+    rows.push(sysroot_op(
+        work,
+        "otter upgrade (switch)",
+        &one,
+        &["switch", nosig, &v2],
+        &upgrade_check,
+        &upgrade_rerun,
+        true,
+    ));
+
+    // rollback: v1 and v2 deployed, v2 default.
+    let two = work.join("sysroot-v2");
+    cp_a(&one, &two);
+    let o = otter(&two, &["switch", nosig, &v2], None, None);
+    assert!(o.status.success(), "{}", text(&o));
+    let l2 = admin_status_list(&two);
+    let trees: Vec<_> = l2
+        .iter()
+        .map(|d| (d.clone(), snapshot(&deployment_dir(&two, d))))
+        .collect();
+    let rollback_check = move |sr: &Path| -> Result<(), String> {
+        fsck(&repo_of(sr))?;
+        let mut l = admin_list(sr)?;
+        l.sort();
+        let mut want: Vec<_> = trees.iter().map(|t| t.0.clone()).collect();
+        want.sort();
+        if l != want {
+            return Err(format!("deployments changed: {l:?} vs {want:?}"));
+        }
+        for (d, tree) in &trees {
+            if &snapshot(&deployment_dir(sr, d)) != tree {
+                return Err(format!("deployment {} changed", d.1));
+            }
+        }
+        Ok(())
+    };
+    let rollback_rerun = |_sr: &Path, o: &Output| -> Result<(), String> {
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!("rerun failed: {}", text(o)))
+        }
+    };
+    rows.push(sysroot_op(
+        work,
+        "otter rollback",
+        &two,
+        &["rollback"],
+        &rollback_check,
+        &rollback_rerun,
+        true,
+    ));
+
+    // ENOSPC: a real 8 MiB tmpfs; a 12 MiB file cannot fit.
+    let small = work.join("small");
+    fs::create_dir(&small).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "otter-enospc"])
+        .arg(&small));
+    let enospc = (|| -> Result<(), String> {
+        let big_tar = work.join("big.tar");
+        make_tar(&big_tar, 10, 12 << 20);
+        let repo = small.join("repo");
+        otter::ostree::Repo::init(&repo, otter::ostree::RepoMode::BareUser)
+            .map_err(|e| format!("{e:#}"))?;
+        let before = snapshot(&repo);
+        let o = child_import(&repo, &big_tar, None, None);
+        if o.status.success()
+            || !String::from_utf8_lossy(&o.stderr).contains("No space left on device")
+        {
+            return Err(format!("ENOSPC not reported: {}", text(&o)));
+        }
+        let mut after = snapshot(&repo);
+        after.remove(Path::new(".lock"));
+        let mut b = before;
+        b.remove(Path::new(".lock"));
+        if after != b {
+            return Err("repository changed after ENOSPC".into());
+        }
+        fsck(&repo)?;
+        // With room again (the big file gone), the same repo takes a normal import.
+        let o = child_import(&repo, &tar_small(work), None, None);
+        if !o.status.success() {
+            return Err(format!("import after ENOSPC failed: {}", text(&o)));
+        }
+        fsck(&repo)
+    })();
+    let _ = Command::new("umount").arg(&small).status();
+    extra.push((
+        format!(
+            "ENOSPC import on an 8 MiB tmpfs: {}",
+            enospc
+                .as_ref()
+                .err()
+                .map(String::as_str)
+                .unwrap_or("clean error, repo unchanged")
+        ),
+        enospc.is_ok(),
+    ));
+
+    report(&rows, &extra);
+}
+
+fn tar_small(work: &Path) -> PathBuf {
+    let p = work.join("small.tar");
+    make_tar(&p, 10, 0);
+    p
+}
