@@ -22,7 +22,7 @@ command -v cargo-fuzz >/dev/null || {
 
 targets=$(cargo fuzz list)
 echo "== building fuzz targets (sanitizer: $sanitizer)"
-cargo fuzz build -O --sanitizer "$sanitizer" >build.log 2>&1 || { tail -40 build.log; exit 1; }
+cargo fuzz build -O --sanitizer "$sanitizer" --codegen-units "${FUZZ_CODEGEN_UNITS:-16}" >build.log 2>&1 || { tail -40 build.log; exit 1; }
 triple=$(rustc -vV | sed -n 's/^host: //p')
 bindir=target/$triple/release
 

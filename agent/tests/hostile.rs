@@ -784,3 +784,322 @@ fn corrupt_streams_are_refused() {
     );
     fsck(&f.path);
 }
+
+// ---------------------------------------------------------------------------------------------
+// OCI documents and digests (otter::source).
+
+const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn manifest_with(config: &str, layers: &str) -> Vec<u8> {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{config},"layers":{layers}}}"#
+    )
+    .into_bytes()
+}
+
+fn good_desc(mt: &str) -> String {
+    format!(r#"{{"mediaType":"{mt}","digest":"{D}","size":10}}"#)
+}
+
+fn manifest_refused(what: &str, bytes: &[u8], needle: &str) {
+    use otter::source::oci;
+    let res = oci::parse_manifest_or_index(bytes, None).and_then(|k| match k {
+        oci::ManifestKind::Manifest(m) => oci::check_image_manifest(&m),
+        oci::ManifestKind::Index(_) => Ok(()),
+    });
+    let err = res.expect_err(what);
+    let msg = format!("{err:#}");
+    eprintln!("{what}: {msg}");
+    assert!(
+        msg.contains(needle),
+        "{what}: {msg:?} does not say {needle:?}"
+    );
+}
+
+#[test]
+fn hostile_manifests_are_refused() {
+    use otter::source::oci;
+    let cfg = good_desc("application/vnd.oci.image.config.v1+json");
+    let layer = good_desc("application/vnd.oci.image.layer.v1.tar+gzip");
+    // The good one parses (so the refusals below are about what was changed).
+    oci::parse_manifest_or_index(&manifest_with(&cfg, &format!("[{layer}]")), None).unwrap();
+
+    manifest_refused(
+        "schemaVersion as a string",
+        br#"{"schemaVersion":"2","config":{},"layers":[]}"#,
+        "manifest",
+    );
+    manifest_refused(
+        "layers as an object",
+        &manifest_with(&cfg, "{}"),
+        "manifest",
+    );
+    manifest_refused(
+        "size as a string",
+        &manifest_with(&cfg, &format!("[{}]", layer.replace("10", "\"10\""))),
+        "manifest",
+    );
+    manifest_refused(
+        "negative size",
+        &manifest_with(&cfg, &format!("[{}]", layer.replace("10", "-1"))),
+        "manifest",
+    );
+    manifest_refused(
+        "duplicated key",
+        format!(r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{cfg},"config":{cfg},"layers":[]}}"#).as_bytes(),
+        "duplicate",
+    );
+    manifest_refused("not JSON", b"\x00\xff{", "malformed manifest JSON");
+    manifest_refused("deeply nested", &[b'['; 100_000], "malformed manifest JSON");
+    // Over the 4 MiB manifest limit: refused before parsing.
+    let huge = format!("[{}]", vec![layer.as_str(); 60_000].join(","));
+    manifest_refused(
+        "60k layers, 5 MB",
+        &manifest_with(&cfg, &huge),
+        "byte limit",
+    );
+    let e = oci::parse_manifest_or_index(
+        &manifest_with(&cfg, "[]"),
+        Some("application/vnd.oci.image.index.v1+json"),
+    )
+    .map(|_| ())
+    .expect_err("type confusion");
+    assert!(format!("{e:#}").contains("mismatch"), "{e:#}");
+    // Configs.
+    for (what, bytes) in [
+        ("config labels as a list", &br#"{"architecture":"arm64","os":"linux","config":{"Labels":["a"]},"rootfs":{"type":"layers","diff_ids":[]}}"#[..]),
+        ("config diff_ids as a string", br#"{"architecture":"arm64","os":"linux","rootfs":{"type":"layers","diff_ids":"x"}}"#),
+    ] {
+        assert!(oci::parse_config(bytes).is_err(), "{what}");
+    }
+}
+
+#[test]
+fn digest_algorithm_confusion_is_refused() {
+    use otter::source::digest::{sha256_hex, verify_bytes};
+    let hex = &D["sha256:".len()..];
+    for bad in [
+        format!("sha512:{hex}{hex}"),
+        format!("md5:{}", &hex[..32]),
+        format!("SHA256:{hex}"),
+        format!("sha256:{}", hex.to_uppercase()),
+        format!("sha256:{}", &hex[..63]),
+        format!("sha256:{hex}0"),
+        format!("sha256:{}g", &hex[..63]),
+        format!("sha256:{hex}\0"),
+        format!("sha256 :{hex}"),
+        hex.to_string(),
+        String::new(),
+    ] {
+        assert!(sha256_hex(&bad).is_err(), "accepted digest {bad:?}");
+        let e = verify_bytes("blob", b"x", &bad, None).expect_err(&bad);
+        assert!(format!("{e:#}").contains("digest"), "{e:#}");
+    }
+    // The right algorithm with the wrong value, and the right value with a wrong size.
+    let data = b"hello";
+    let right = otter::source::digest::sha256_digest(data);
+    assert!(verify_bytes("blob", data, D, None).is_err());
+    assert!(verify_bytes("blob", data, &right, Some(4)).is_err());
+    verify_bytes("blob", data, &right, Some(5)).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Release statements and signatures (otter::verify).
+
+#[test]
+fn tampered_statements_and_signatures_are_refused() {
+    use otter::verify::{keys::ParsedSignature, ReleaseStatement, TrustedKey, TrustedKeys};
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let stmt = br#"{"manifest_digest":"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","content_checksum":"fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210","version":"1.2.3","timestamp":1700000000,"import_rules":1}"#;
+    let parsed = ReleaseStatement::parse(stmt).unwrap();
+    let s = std::str::from_utf8(stmt).unwrap();
+    for (what, bad) in [
+        ("whitespace", s.replace(",\"version\"", ", \"version\"")),
+        (
+            "reordered keys",
+            s.replace(
+                r#""version":"1.2.3","timestamp":1700000000"#,
+                r#""timestamp":1700000000,"version":"1.2.3""#,
+            ),
+        ),
+        (
+            "duplicated key",
+            s.replace(
+                r#","import_rules":1}"#,
+                r#","import_rules":1,"import_rules":1}"#,
+            ),
+        ),
+        (
+            "unknown key",
+            s.replace(r#","import_rules":1}"#, r#","import_rules":1,"x":1}"#),
+        ),
+        (
+            "timestamp as a string",
+            s.replace("1700000000", "\"1700000000\""),
+        ),
+        (
+            "md5 digest",
+            s.replace(
+                "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "md5:0123456789abcdef0123456789abcdef",
+            ),
+        ),
+        ("uppercase checksum", s.replace("fedcba", "FEDCBA")),
+        ("trailing newline", format!("{s}\n")),
+    ] {
+        assert!(
+            ReleaseStatement::parse(bad.as_bytes()).is_err(),
+            "{what} accepted"
+        );
+    }
+
+    // A real minisign signature over the statement; then tamper with each part.
+    let run = |c: &mut std::process::Command| {
+        let o = c.output().expect("minisign (apt package minisign)");
+        assert!(o.status.success(), "{o:?}");
+    };
+    let (pk, sk) = (t.join("k.pub"), t.join("k.key"));
+    run(std::process::Command::new("minisign")
+        .args(["-G", "-W", "-p"])
+        .arg(&pk)
+        .arg("-s")
+        .arg(&sk));
+    fs::write(t.join("s.json"), stmt).unwrap();
+    run(std::process::Command::new("minisign")
+        .args(["-S", "-s"])
+        .arg(&sk)
+        .arg("-m")
+        .arg(t.join("s.json"))
+        .arg("-t")
+        .arg(parsed.trusted_comment()));
+    let sig = fs::read(t.join("s.json.minisig")).unwrap();
+    let key = TrustedKey::from_file(&pk).unwrap();
+    let keys = TrustedKeys::from_keys(vec![key]);
+    let comment = keys.verify(stmt, &sig).unwrap();
+    parsed.check_trusted_comment(&comment).unwrap();
+
+    let sig_text = String::from_utf8(sig.clone()).unwrap();
+    let lines: Vec<&str> = sig_text.lines().collect();
+    // Message changed by one byte.
+    let mut msg = stmt.to_vec();
+    msg[stmt.len() - 2] = b'2';
+    assert!(
+        keys.verify(&msg, &sig).is_err(),
+        "changed statement verified"
+    );
+    // Trusted comment changed (it is signed too).
+    let forged = sig_text.replace("version=1.2.3", "version=9.9.9");
+    assert!(
+        keys.verify(stmt, forged.as_bytes()).is_err(),
+        "changed trusted comment verified"
+    );
+    // Signature bytes flipped.
+    let mut b = lines[1].as_bytes().to_vec();
+    b[20] = if b[20] == b'A' { b'B' } else { b'A' };
+    let flipped = sig_text.replace(lines[1], std::str::from_utf8(&b).unwrap());
+    assert!(
+        keys.verify(stmt, flipped.as_bytes()).is_err(),
+        "flipped signature verified"
+    );
+    // Truncated, extra lines, not UTF-8, empty.
+    for bad in [
+        sig[..sig.len() / 2].to_vec(),
+        [sig.clone(), b"extra line\n".to_vec()].concat(),
+        vec![0xff; 200],
+        Vec::new(),
+    ] {
+        assert!(ParsedSignature::parse(&bad).is_err() || keys.verify(stmt, &bad).is_err());
+    }
+    // A valid signature by another key.
+    let (pk2, sk2) = (t.join("o.pub"), t.join("o.key"));
+    run(std::process::Command::new("minisign")
+        .args(["-G", "-W", "-p"])
+        .arg(&pk2)
+        .arg("-s")
+        .arg(&sk2));
+    run(std::process::Command::new("minisign")
+        .args(["-S", "-s"])
+        .arg(&sk2)
+        .arg("-m")
+        .arg(t.join("s.json"))
+        .arg("-x")
+        .arg(t.join("other.minisig")));
+    let other = fs::read(t.join("other.minisig")).unwrap();
+    assert!(
+        keys.verify(stmt, &other).is_err(),
+        "signature by an untrusted key verified"
+    );
+    // A statement whose trusted comment names another version.
+    let other_stmt = ReleaseStatement::parse(&s.replace("1.2.3", "1.2.4").into_bytes()).unwrap();
+    assert!(other_stmt.check_trusted_comment(&comment).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// MQTT (otter::fleet): a hostile broker.
+
+#[test]
+fn hostile_mqtt_input_is_bounded_and_refused() {
+    use otter::fleet::codec::{decode, Frame, Framer, MAX_PACKET_SIZE};
+    use otter::fleet::daemon::parse_command;
+    // A PUBLISH announcing 256 MiB: skipped as oversized, never buffered.
+    let mut f = Framer::new();
+    let mut out = Vec::new();
+    f.feed(&[0x30, 0xff, 0xff, 0xff, 0x7f], &mut out).unwrap();
+    f.feed(&vec![0u8; 1 << 20], &mut out).unwrap();
+    assert!(out.is_empty());
+    // Five length bytes: a broken stream.
+    assert!(Framer::new()
+        .feed(&[0x30, 0x80, 0x80, 0x80, 0x80, 0x01], &mut Vec::new())
+        .is_err());
+    // A packet over the limit becomes Frame::Oversized.
+    let mut out = Vec::new();
+    let len = MAX_PACKET_SIZE + 1;
+    let mut pkt = vec![
+        0x30,
+        (len & 0x7f) as u8 | 0x80,
+        ((len >> 7) & 0x7f) as u8 | 0x80,
+        (len >> 14) as u8,
+    ];
+    pkt.extend([0, 1, b't']);
+    pkt.resize(4 + len, b'x');
+    Framer::new().feed(&pkt, &mut out).unwrap();
+    assert!(
+        matches!(out.as_slice(), [Frame::Oversized { .. }]),
+        "{out:?}"
+    );
+    // QoS 3, topic not UTF-8, NUL in topic, CONNACK too long, packets a client never receives.
+    for (first, body) in [
+        (0x36u8, &b"\x00\x01t\x00\x01x"[..]),
+        (0x30, b"\x00\x02\xff\xfex"),
+        (0x30, b"\x00\x02a\x00x"),
+        (0x20, b"\x00\x00\x00"),
+        (0x10, b""),
+        (0x80, b"\x00\x01"),
+    ] {
+        assert!(decode(first, body).is_err(), "{first:#x} {body:?}");
+    }
+    // Command payloads: huge, deeply nested, duplicated op, unknown fields, bad digests.
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let huge = format!(
+        r#"{{"id":"x","op":"check","pad":"{}"}}"#,
+        "a".repeat(1 << 20)
+    );
+    for bad in [
+        huge.as_str(),
+        nested.as_str(),
+        r#"{"id":"x","op":"upgrade","digest":"sha512:00"}"#,
+        r#"{"id":"x","op":"upgrade","digest":"sha256:ABCDEF"}"#,
+        r#"{"id":"x","op":"switch","image":"docker://h/r:1","extra":1}"#,
+        r#"{"id":"x","op":"rollback","reboot":"yes"}"#,
+        r#"{"op":"check"}"#,
+        r#"{"id":"x","op":"format-disk"}"#,
+        "\u{0}",
+    ] {
+        assert!(
+            parse_command(bad.as_bytes()).is_err(),
+            "accepted {:.80}",
+            bad
+        );
+    }
+}

@@ -91,4 +91,46 @@ PY
 printf '\x01{"id":"c1","op":"upgrade","digest":"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}' >"$c/mqtt/cmd-upgrade"
 printf '\x01{"id":7,"op":"switch","image":"docker://registry.example/os:2","reboot":true}' >"$c/mqtt/cmd-switch"
 printf '\x01{"id":"r","op":"rollback","reboot":false}' >"$c/mqtt/cmd-rollback"
+# --- OCI: a manifest, index and config written by skopeo (from an umoci-built layout).
+mkdir -p "$c/oci" "$c/boot_env" "$c/verify"
+umoci init --layout "$tmp/l1" && umoci new --image "$tmp/l1:v1"
+umoci config --image "$tmp/l1:v1" --config.label=org.opencontainers.image.version=1.2.3 --os=linux --architecture=arm64
+skopeo copy --quiet "oci:$tmp/l1:v1" "oci:$tmp/l2:v1"
+put oci index '\x00' "$tmp/l2/index.json"
+for b in "$tmp"/l2/blobs/sha256/*; do
+  if jq -e .layers "$b" >/dev/null 2>&1; then put oci manifest '\x00' "$b"
+  elif jq -e .rootfs "$b" >/dev/null 2>&1; then put oci config '\x01' "$b"; fi
+done
+printf '\x02sha256:%s' "$(sha256sum "$tmp/l2/index.json" | cut -c1-64)" >"$c/oci/digest"
+printf '\x03docker://registry.example:5000/os/image:1.2@sha256:%s' "$(sha256sum "$tmp/l2/index.json" | cut -c1-64)" >"$c/oci/ref-registry"
+printf '\x03oci-archive:/media/usb/os.tar:v2' >"$c/oci/ref-archive"
+printf '\x04linux/arm64/v8' >"$c/oci/platform"
+
+# --- Boot environments: grub-editenv and fw_setenv (single copy, 16 KiB).
+grub-editenv "$tmp/grubenv" create
+grub-editenv "$tmp/grubenv" set boot_counter=3 boot_success=0 otter_entry=ostree-2-os
+put boot_env grubenv '\x00' "$tmp/grubenv"
+printf '%s 0x0 0x4000\n' "$tmp/uboot.env" >"$tmp/fw_env.config"
+python3 - "$tmp/uboot.env" <<'PY'
+import sys, zlib
+data = b"bootcmd=run distro_bootcmd\0bootdelay=2\0".ljust(16384 - 4, b"\0")
+open(sys.argv[1], "wb").write(zlib.crc32(data).to_bytes(4, "little") + data)
+PY
+fw_setenv -c "$tmp/fw_env.config" bootcount 1
+fw_setenv -c "$tmp/fw_env.config" upgrade_available 1
+fw_setenv -c "$tmp/fw_env.config" bootlimit 3
+tail -c +5 "$tmp/uboot.env" | head -c 512 >"$tmp/uboot.data"
+put boot_env uboot-data '\x01' "$tmp/uboot.data"
+printf '\x02# device offset size\n/dev/mmcblk0 0x3c0000 0x20000\n/dev/mmcblk0 0x3e0000 0x20000\n' >"$c/boot_env/fw_env.config"
+
+# --- Release statement, signed with the minisign CLI.
+stmt='{"manifest_digest":"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","content_checksum":"fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210","version":"1.2.3","timestamp":1700000000,"board":"rpi4","import_rules":1}'
+printf '%s' "$stmt" >"$tmp/stmt.json"
+put verify statement '\x00' "$tmp/stmt.json"
+minisign -G -W -p "$tmp/k.pub" -s "$tmp/k.key" >/dev/null
+minisign -S -s "$tmp/k.key" -m "$tmp/stmt.json" -x "$tmp/stmt.sig" \
+  -t "otter-release version=1.2.3 timestamp=1700000000 digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef content=fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210 board=rpi4" >/dev/null
+put verify signature '\x01' "$tmp/stmt.sig"
+put verify pubkey '\x02' "$tmp/k.pub"
+
 echo "seeds written to $c/"
