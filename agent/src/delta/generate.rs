@@ -127,6 +127,9 @@ struct Old {
     content_hash: HashMap<Checksum, [u8; 32]>,
 }
 
+/// Patch base candidates looked at per path pattern.
+const MAX_PATTERN_CANDIDATES: usize = 32;
+
 /// A path with every digit run replaced by `#`: `usr/lib/modules/6.1.0-18-arm64/…` and
 /// `libfoo.so.1.2.3` match their next versions.
 fn pattern(path: &str) -> String {
@@ -286,7 +289,12 @@ fn patch_base(repo: &Repo, old: &Old, path: &str, size: u64) -> Result<Option<(C
         cands.push(*c);
     }
     if let Some(v) = old.by_pattern.get(&pattern(path)) {
-        cands.extend(v.iter().filter(|c| Some(*c) != old.by_path.get(path)));
+        // Bounded: a pattern shared by many files (numbered names) is not worth scanning.
+        cands.extend(
+            v.iter()
+                .filter(|c| Some(*c) != old.by_path.get(path))
+                .take(MAX_PATTERN_CANDIDATES),
+        );
     }
     let mut best: Option<(Checksum, u64)> = None;
     for (i, c) in cands.iter().enumerate() {
