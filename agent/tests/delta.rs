@@ -361,3 +361,80 @@ fn interrupted_apply_resumes_without_redoing_finished_parts() {
     assert_eq!(applied.commit, s.b);
     assert_device_has_b(&s);
 }
+
+/// Write `data` as a blob of an OCI layout; returns its descriptor JSON.
+fn blob(layout: &Path, media_type: &str, data: &[u8]) -> serde_json::Value {
+    use sha2::Digest;
+    let hex = format!("{:x}", sha2::Sha256::digest(data));
+    let dir = layout.join("blobs/sha256");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(&hex), data).unwrap();
+    serde_json::json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": data.len()})
+}
+
+#[test]
+fn delta_found_as_oci_referrer_and_applied_from_the_source() {
+    let s = setup(64 << 10, true);
+    let layout = s.dir.join("layout");
+    fs::create_dir_all(&layout).unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let target = format!("sha256:{}", "b".repeat(64));
+    let booted = format!("sha256:{}", "a".repeat(64));
+    let mut layers = vec![blob(
+        &layout,
+        "application/octet-stream",
+        &fs::read(s.delta.join("superblock")).unwrap(),
+    )];
+    for p in part_files(&s.delta) {
+        layers.push(blob(&layout, "application/zstd", &fs::read(p).unwrap()));
+    }
+    let config = blob(&layout, "application/vnd.oci.empty.v1+json", b"{}");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": delta::ARTIFACT_TYPE,
+        "config": config,
+        "layers": layers,
+        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": target, "size": 1},
+        "annotations": {delta::ANNOTATION_FROM: booted},
+    });
+    let mut desc = blob(
+        &layout,
+        "application/vnd.oci.image.manifest.v1+json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
+    desc["artifactType"] = delta::ARTIFACT_TYPE.into();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [desc]});
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+
+    let opts = otter::source::SourceOptions {
+        blob_dir: s.dir.join("blobs"),
+        ..Default::default()
+    };
+    let reference = otter::source::ImageRef::OciDir {
+        path: layout.clone(),
+        tag: None,
+    };
+    let mut src = otter::source::open(&reference, &opts).unwrap();
+    let repo = Repo::open(&s.device).unwrap();
+    // No delta from another booted image.
+    let other = format!("sha256:{}", "c".repeat(64));
+    assert!(
+        delta::apply_from_source(&repo, &mut *src, &target, &other, &s.a)
+            .unwrap()
+            .is_none()
+    );
+    let applied = delta::apply_from_source(&repo, &mut *src, &target, &booted, &s.a)
+        .unwrap()
+        .unwrap();
+    assert_eq!(applied.commit, s.b);
+    assert_device_has_b(&s);
+}

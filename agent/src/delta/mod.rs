@@ -15,6 +15,7 @@ mod apply;
 mod format;
 #[cfg(feature = "publish")]
 mod generate;
+mod source;
 
 pub use apply::{apply, apply_dir, progress_path, Applied, DeltaStore, DirStore};
 pub use format::{
@@ -22,6 +23,7 @@ pub use format::{
 };
 #[cfg(feature = "publish")]
 pub use generate::{generate, generate_with, DeltaSummary, GenerateOptions};
+pub use source::{apply_from_source, find_delta, ArtifactStore};
 
 /// OCI artifact type of a delta (its blobs: the superblock first, then the parts in order).
 pub const ARTIFACT_TYPE: &str = "application/vnd.otter.delta.v1";
