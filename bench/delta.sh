@@ -46,12 +46,6 @@ T() { # LABEL CMD... : run under /usr/bin/time, keep "seconds peakKiB" in $W/LAB
 tm() { cut -d' ' -f1 "$W/$1.time"; }
 rss() { echo $(( $(cut -d' ' -f2 "$W/$1.time") / 1024 )); }
 
-echo "== full layers"
-GZ=$(gzip -6 -c "$C/B.tar" | wc -c)
-ZS=$(zstd -q -19 -T1 -c "$C/B.tar" | wc -c)
-echo "== zstd --patch-from"
-ZP=$(zstd -q -19 --long=31 -T1 --patch-from="$C/A.tar" -c "$C/B.tar" | wc -c)
-
 echo "== import A and B (otter importer)"
 T import-a "$BIN" import "$W/pub" "$C/A.tar" A >"$W/a.commit"
 T import-b "$BIN" import "$W/pub" "$C/B.tar" B >"$W/b.commit"
@@ -82,6 +76,13 @@ ostree fsck --repo="$W/dev-ours" | tail -1
 ostree ls -R --repo="$W/dev-ours" "$B" | md5sum | cut -c1-32 >"$W/ls-ours"
 ostree ls -R --repo="$W/pub" "$B" | md5sum | cut -c1-32 >"$W/ls-pub"
 cmp "$W/ls-ours" "$W/ls-pub" && echo "tree listing of B identical to the publisher's"
+
+# Last: the whole-tar compressions are the slowest steps (single-threaded, level 19).
+echo "== full layers"
+GZ=$(gzip -6 -c "$C/B.tar" | wc -c)
+ZS=$(zstd -q -19 -T1 -c "$C/B.tar" | wc -c)
+echo "== zstd --patch-from"
+ZP=$(zstd -q -19 --long=31 -T1 --patch-from="$C/A.tar" -c "$C/B.tar" | wc -c)
 
 FILES=$(tar -tf "$C/B.tar" | wc -l)
 mib() { awk -v b="$1" 'BEGIN { printf "%.2f MiB", b / 1048576 }'; }
