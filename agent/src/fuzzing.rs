@@ -226,3 +226,31 @@ pub fn verify(data: &[u8]) {
         }
     }
 }
+
+/// First byte: even = a delta superblock file as stored (magic, zstd body); odd = the rest is the
+/// *uncompressed* superblock body (compressed here, so the fuzzer explores the part table and
+/// commit parser rather than zstd). Whatever decodes must re-encode and decode the same.
+pub fn delta(data: &[u8]) {
+    use crate::delta::Superblock;
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    let stored;
+    let input: &[u8] = if which % 2 == 0 {
+        body
+    } else {
+        let Ok(z) = zstd::encode_all(body, 1) else {
+            return;
+        };
+        stored = [&b"OTDELTA1"[..], &z[..]].concat();
+        &stored
+    };
+    if let Ok(sb) = Superblock::decode(&mut &input[..]) {
+        if let Ok(enc) = sb.encode(1) {
+            let again = Superblock::decode(&mut &enc[..])
+                .unwrap_or_else(|e| panic!("re-encoded superblock does not decode: {e:#}"));
+            assert!(again.to == sb.to && again.from == sb.from);
+            assert_eq!(again.parts.len(), sb.parts.len());
+        }
+    }
+}

@@ -70,3 +70,53 @@ fn boot_env() {
 fn verify() {
     run("verify", otter::fuzzing::verify);
 }
+
+#[test]
+fn delta() {
+    run("delta", otter::fuzzing::delta);
+}
+
+/// Writes the `delta` seed: a real delta between two commits of the ostree CLI, made by
+/// `otter::delta::generate`. Run by hand (`--ignored make_delta_seed`) to refresh it.
+#[cfg(feature = "publish")]
+#[test]
+#[ignore = "seed generator, run by hand"]
+fn make_delta_seed() {
+    use std::process::Command;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let repo_path = t.join("repo");
+    let repo = Repo::init(&repo_path, RepoMode::BareUser).unwrap();
+    let mut commits = Vec::new();
+    for v in ["1", "2"] {
+        let tree = t.join(format!("tree{v}"));
+        fs::create_dir_all(tree.join("usr/bin")).unwrap();
+        fs::write(
+            tree.join("usr/bin/app"),
+            format!("app version {v}\n").repeat(50),
+        )
+        .unwrap();
+        fs::write(tree.join(format!("usr/bin/new{v}")), v).unwrap();
+        let out = Command::new("ostree")
+            .arg(format!("--repo={}", repo_path.display()))
+            .args(["commit", "--branch=b", "--no-bindings"])
+            .arg(format!("--tree=dir={}", tree.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        commits.push(
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap(),
+        );
+    }
+    let out = t.join("delta");
+    otter::delta::generate(&repo, &commits[0], &commits[1], &out).unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/delta");
+    fs::create_dir_all(&dir).unwrap();
+    let mut sb = vec![0u8];
+    sb.extend(fs::read(out.join("superblock")).unwrap());
+    fs::write(dir.join("superblock"), sb).unwrap();
+}
