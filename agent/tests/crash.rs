@@ -54,6 +54,19 @@ fn crash_child() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
         return;
     };
+    if let Some(backend) = spec.strip_prefix("boot|") {
+        // Arm the counter, then mark the boot good: the writes of a trial boot.
+        let res = otter_boot::backend_from_spec(backend).and_then(|mut b| {
+            b.arm(3)?;
+            b.mark_good()
+        });
+        if let Err(e) = res {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        println!("boot env done");
+        return;
+    }
     let (repo, tar) = spec.split_once('|').unwrap();
     let repo = otter::ostree::Repo::open(Path::new(repo)).unwrap();
     let mut imp = otter::import::Importer::new(&repo);
@@ -86,6 +99,100 @@ fn child_import(repo: &Path, tar: &Path, crash: Option<&str>, log: Option<&Path>
     .env(CHILD_ENV, format!("{}|{}", repo.display(), tar.display()));
     env_crash(&mut c, crash, log);
     c.output().unwrap()
+}
+
+fn child_boot(backend: &str, crash: Option<&str>, log: Option<&Path>) -> Output {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "crash_child",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, format!("boot|{backend}"));
+    env_crash(&mut c, crash, log);
+    c.output().unwrap()
+}
+
+/// Boot-count environment writes (arm + mark-good), killed at every point; afterwards the real
+/// tool must read the environment (`grub-editenv list`, `fw_printenv -c`) and a rerun completes.
+fn boot_env(work: &Path, name: &str, setup: &dyn Fn(&Path) -> (String, Vec<String>)) -> Row {
+    let label = name;
+    let name = &name.replace([' ', '+'], "_");
+    let pristine = work.join(format!("{name}-pristine"));
+    fs::create_dir(&pristine).unwrap();
+    setup(&pristine);
+    let log = work.join(format!("{name}.log"));
+    let r = work.join(format!("{name}-ref"));
+    cp_a(&pristine, &r);
+    let (spec, _) = setup_spec(&r, setup);
+    let o = child_boot(&spec, None, Some(&log));
+    assert!(o.status.success(), "reference {name}: {}", text(&o));
+    let total = count_points(&log);
+    let mut row = Row::new(label, total);
+    let check = |dir: &Path| -> Result<(), String> {
+        let (_, tool) = setup_spec(dir, setup);
+        let o = Command::new(&tool[0])
+            .args(&tool[1..])
+            .output()
+            .map_err(|e| {
+                format!(
+                    "cannot run {} (apt: grub-common / libubootenv-tool): {e}",
+                    tool[0]
+                )
+            })?;
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if !o.status.success() || out.contains("Cannot read environment") || out.contains("rror") {
+            return Err(format!(
+                "{tool:?} cannot read the environment: {}",
+                text(&o)
+            ));
+        }
+        Ok(())
+    };
+    for n in spread(total, budget("OTTER_CRASH_KILL_POINTS", KILL_POINTS)) {
+        let d = work.join(format!("{name}-k{n}"));
+        cp_a(&pristine, &d);
+        let (spec, _) = setup_spec(&d, setup);
+        let o = child_boot(&spec, Some(&n.to_string()), None);
+        let res = (|| {
+            if !killed(&o) {
+                return Err(format!("not killed: {}", text(&o)));
+            }
+            check(&d)?;
+            let o = child_boot(&spec, None, None);
+            if !o.status.success() {
+                return Err(format!("rerun failed: {}", text(&o)));
+            }
+            check(&d)
+        })();
+        row.kill(n, res);
+        let _ = fs::remove_dir_all(&d);
+    }
+    for n in spread(total, budget("OTTER_CRASH_EIO_POINTS", EIO_POINTS)) {
+        let d = work.join(format!("{name}-e{n}"));
+        cp_a(&pristine, &d);
+        let (spec, _) = setup_spec(&d, setup);
+        let o = child_boot(&spec, Some(&format!("{n}:eio")), None);
+        let res = (|| {
+            eio_reported(&o)?;
+            check(&d)
+        })();
+        row.eio(n, res);
+        let _ = fs::remove_dir_all(&d);
+    }
+    row
+}
+
+/// The backend spec and the real tool's read command for an environment set up in `dir`
+/// (the setup function is idempotent on the paths it returns).
+fn setup_spec(dir: &Path, setup: &dyn Fn(&Path) -> (String, Vec<String>)) -> (String, Vec<String>) {
+    setup(dir)
 }
 
 fn env_crash(c: &mut Command, crash: Option<&str>, log: Option<&Path>) {
@@ -215,20 +322,20 @@ fn report(rows: &[Row], extra: &[(String, bool)]) {
     let mut s = String::new();
     writeln!(
         s,
-        "{:<22} {:>7} {:>7} {:>10} {:>8} {:>10}",
+        "{:<30} {:>7} {:>7} {:>10} {:>8} {:>10}",
         "operation", "points", "killed", "recovered", "EIO", "EIO clean"
     )
     .unwrap();
     for r in rows {
         writeln!(
             s,
-            "{:<22} {:>7} {:>7} {:>10} {:>8} {:>10}",
+            "{:<30} {:>7} {:>7} {:>10} {:>8} {:>10}",
             r.op, r.points, r.tried, r.recovered, r.eio_tried, r.eio_clean
         )
         .unwrap();
     }
     for (what, ok) in extra {
-        writeln!(s, "{what:<48} {}", if *ok { "ok" } else { "FAILED" }).unwrap();
+        writeln!(s, "{what:<56} {}", if *ok { "ok" } else { "FAILED" }).unwrap();
     }
     println!("\n{s}");
     let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -679,6 +786,51 @@ fn crash_suite() {
         true,
     ));
 
+    // Boot-count environments: a GRUB env block and a redundant U-Boot env (two copies).
+    rows.push(boot_env(work, "grubenv arm+mark-good", &|d: &Path| {
+        let env = d.join("grubenv");
+        if !env.exists() {
+            run(Command::new("grub-editenv").arg(&env).arg("create"));
+        }
+        (
+            format!("grubenv:{}", env.display()),
+            vec![
+                "grub-editenv".into(),
+                env.display().to_string(),
+                "list".into(),
+            ],
+        )
+    }));
+    rows.push(boot_env(
+        work,
+        "uboot redundant arm+mark-good",
+        &|d: &Path| {
+            let cfg = d.join("fw_env.config");
+            let (a, b) = (d.join("env-a"), d.join("env-b"));
+            fs::write(
+                &cfg,
+                format!("{} 0x0 0x2000\n{} 0x0 0x2000\n", a.display(), b.display()),
+            )
+            .unwrap();
+            if !a.exists() {
+                // Two valid copies as fw_setenv leaves them (flags 1 and 0).
+                for (p, flag) in [(&a, 1u8), (&b, 0u8)] {
+                    let mut data = b"bootcmd=run distro_bootcmd\0bootdelay=2\0".to_vec();
+                    data.resize(0x2000 - 5, 0);
+                    let crc = crc32(&data);
+                    let mut out = crc.to_le_bytes().to_vec();
+                    out.push(flag);
+                    out.extend(data);
+                    fs::write(p, out).unwrap();
+                }
+            }
+            (
+                format!("uboot:{}", cfg.display()),
+                vec!["fw_printenv".into(), "-c".into(), cfg.display().to_string()],
+            )
+        },
+    ));
+
     // ENOSPC: a real 8 MiB tmpfs; a 12 MiB file cannot fit.
     let small = work.join("small");
     fs::create_dir(&small).unwrap();
@@ -733,4 +885,8 @@ fn tar_small(work: &Path) -> PathBuf {
     let p = work.join("small.tar");
     make_tar(&p, 10, 0);
     p
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    otter_boot::uboot::crc32(data)
 }

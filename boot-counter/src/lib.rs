@@ -14,6 +14,8 @@
 
 pub mod bls;
 pub mod config;
+#[doc(hidden)]
+pub mod crashpoint;
 pub mod grubenv;
 pub mod health;
 pub mod json;

@@ -445,7 +445,8 @@ impl UbootStore {
                         .ctx(|| format!("opening {}", o.device.display()))?;
                     let mut fh = f;
                     let off = resolve_offset(&mut fh, o)?;
-                    fh.write_all_at(&[0], off + 4)
+                    crate::crashpoint::crash_point("write flag")
+                        .and_then(|()| fh.write_all_at(&[0], off + 4))
                         .ctx(|| format!("writing flag byte of {}", o.device.display()))?;
                     fh.sync_all()
                         .ctx(|| format!("syncing {}", o.device.display()))?;
@@ -587,11 +588,18 @@ fn write_in_place(loc: &EnvLocation, buf: &[u8]) -> Result<()> {
         f.write_all_at(&region, start)
             .ctx(|| format!("writing {dev} at {start:#x}"))?;
     } else {
-        f.write_all_at(buf, off)
-            .ctx(|| format!("writing {dev} at offset {off:#x}"))?;
+        let mut pos = off;
+        for chunk in buf.chunks(crate::util::WRITE_CHUNK) {
+            crate::crashpoint::crash_point("write")
+                .and_then(|()| f.write_all_at(chunk, pos))
+                .ctx(|| format!("writing {dev} at offset {pos:#x}"))?;
+            pos += chunk.len() as u64;
+        }
     }
     f.flush().ctx(|| format!("flushing {dev}"))?;
-    f.sync_all().ctx(|| format!("fsync {dev}"))
+    crate::crashpoint::crash_point("fsync")
+        .and_then(|()| f.sync_all())
+        .ctx(|| format!("fsync {dev}"))
 }
 
 /// Hold libubootenv's lock (`/var/lock/fw_printenv.lock`) while reading-modifying-writing.

@@ -4,7 +4,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::crashpoint::crash_point;
 use crate::{IoContext, Result};
+
+/// Writes are split into chunks of this size, each a crash point, so the crash tests can cut a
+/// write in the middle the way a power cut can (one write(2) is never torn by SIGKILL).
+pub(crate) const WRITE_CHUNK: usize = 512;
 
 /// Follow symlinks of the final component so an atomic replace writes the real file
 /// (e.g. a `grubenv` symlink into `/boot/grub2`). A missing file is returned unchanged.
@@ -28,20 +33,27 @@ pub(crate) fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let res = (|| -> Result<()> {
+        crash_point("create").ctx(|| format!("creating {}", tmp.display()))?;
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&tmp)
             .ctx(|| format!("creating {}", tmp.display()))?;
-        f.write_all(data)
-            .ctx(|| format!("writing {}", tmp.display()))?;
-        f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+        for chunk in data.chunks(WRITE_CHUNK) {
+            crash_point("write")
+                .and_then(|()| f.write_all(chunk))
+                .ctx(|| format!("writing {}", tmp.display()))?;
+        }
+        crash_point("fsync")
+            .and_then(|()| f.sync_all())
+            .ctx(|| format!("fsync {}", tmp.display()))?;
         // Keep the mode of the file being replaced.
         if let Ok(meta) = fs::metadata(&path) {
             let _ = fs::set_permissions(&tmp, meta.permissions());
         }
-        fs::rename(&tmp, &path)
+        crash_point("rename")
+            .and_then(|()| fs::rename(&tmp, &path))
             .ctx(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         sync_dir(&dir)
     })();
@@ -54,6 +66,7 @@ pub(crate) fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
 /// fsync a directory (after a rename in it). Filesystems that cannot (vfat on some kernels)
 /// report EINVAL, which is ignored.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    crash_point("fsync dir").ctx(|| format!("fsync directory {}", dir.display()))?;
     let f = File::open(dir).ctx(|| format!("opening directory {}", dir.display()))?;
     match f.sync_all() {
         Ok(()) => Ok(()),
