@@ -50,36 +50,6 @@ fn ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// An OCI layout with tags v1 and v2 (umoci), bootable-looking trees with different kernels.
-fn build_images(work: &Path) -> PathBuf {
-    let layout = work.join("layout");
-    need("umoci", "umoci");
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    for v in ["1", "2"] {
-        let img = format!("{}:v{v}", layout.display());
-        run(Command::new("umoci").args(["new", "--image", &img]));
-        let bundle = work.join(format!("bundle-{v}"));
-        run(Command::new("umoci")
-            .args(["unpack", "--image", &img])
-            .arg(&bundle));
-        let rootfs = bundle.join("rootfs");
-        make_os_tree(&rootfs, v, v, v);
-        fs::rename(rootfs.join("usr/etc"), rootfs.join("etc")).unwrap();
-        run(Command::new("umoci")
-            .args(["repack", "--image", &img])
-            .arg(&bundle));
-        run(Command::new("umoci").args([
-            "config",
-            "--image",
-            &img,
-            &format!("--config.label=org.opencontainers.image.version={v}"),
-        ]));
-    }
-    layout
-}
-
 struct Rig {
     t: Tmpfs,
     sr: PathBuf,
