@@ -8,6 +8,7 @@
 //! | fetch  | [`fetch`]  | resumable, journaled blob downloads |
 //! | verify | [`verify`] | release statements, minisign signatures, trust policy, anti-rollback |
 //! | import | [`import`] | OCI layers (tar, whiteouts) into one ostree commit |
+//! | delta  | [`delta`]  | ship only what changed: apply (device) and generate (`publish`) deltas |
 //! | store  | [`ostree`] | the native ostree repository (GVariant objects, refs, checkout) |
 //! | deploy | [`deploy`] | deployments in an ostree sysroot, BLS entries, `/etc` merge |
 //! | boot   | [`boot`]   | arming the boot counter, reading its verdict |
@@ -18,6 +19,7 @@
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod delta;
 pub mod deploy;
 pub mod fetch;
 pub mod fleet;

@@ -262,6 +262,39 @@ impl<'r> Transaction<'r> {
             root_meta,
         );
         let commit = self.write_metadata(ObjectKind::Commit, &data)?;
+        self.publish()?;
+        Ok(commit)
+    }
+
+    /// Write a commit object given as its exact serialized bytes (e.g. received in a delta), then
+    /// publish like [`commit`](Self::commit). The bytes must parse as a commit whose root tree
+    /// and dirmeta are in the repo or staged here.
+    pub fn commit_object(mut self, data: &[u8]) -> Result<Checksum> {
+        let c = Checksum::of(data);
+        let parsed = objects::decode_commit(c, data)
+            .with_context(|| format!("commit object {c} does not parse"))?;
+        if !self.has_object(ObjectKind::DirTree, &parsed.root_tree)
+            || !self.has_object(ObjectKind::DirMeta, &parsed.root_meta)
+        {
+            bail!(
+                "commit {c} refers to a root tree {}/{} that is not in the repository",
+                parsed.root_tree,
+                parsed.root_meta
+            );
+        }
+        self.write_metadata(ObjectKind::Commit, data)?;
+        self.publish()?;
+        Ok(c)
+    }
+
+    /// Make the staged objects durable and visible without writing a commit (e.g. one part of a
+    /// delta): syncfs, move into `objects/`, syncfs. Such objects stay unreferenced until a commit
+    /// refers to them (prune deletes them if none does).
+    pub fn finish(mut self) -> Result<()> {
+        self.publish()
+    }
+
+    fn publish(&mut self) -> Result<()> {
         let staging_dir = File::open(&self.staging)
             .with_context(|| format!("opening {}", self.staging.display()))?;
         sys::syncfs(&staging_dir).context("flushing written objects to disk")?;
@@ -291,7 +324,7 @@ impl<'r> Transaction<'r> {
         sys::syncfs(&staging_dir).context("flushing the object store")?;
         self.committed = true;
         let _ = fs::remove_dir_all(&self.staging);
-        Ok(commit)
+        Ok(())
     }
 
     fn move_into_store(&self, from: &Path, kind: ObjectKind, c: &Checksum) -> Result<()> {

@@ -211,6 +211,8 @@ pub fn verify_with_keys(
     let mut worst = VerificationError::NoSignature {
         manifest_digest: manifest_digest.into(),
     };
+    // Of several valid statements the newest (timestamp) wins, so re-signing fixes a mistake.
+    let mut best: Option<ReleaseStatement> = None;
     for c in &candidates {
         match verify_statement(&c.statement, &c.signature, manifest_digest, keys, policy) {
             Ok(stmt) => {
@@ -219,7 +221,9 @@ pub fn verify_with_keys(
                     stmt.version,
                     c.artifact.digest
                 );
-                return Ok(stmt);
+                if best.as_ref().is_none_or(|b| stmt.timestamp > b.timestamp) {
+                    best = Some(stmt);
+                }
             }
             Err(e) => {
                 log::warn!("signature artifact {}: {e}", c.artifact.digest);
@@ -229,7 +233,7 @@ pub fn verify_with_keys(
             }
         }
     }
-    Err(worst.into())
+    best.ok_or_else(|| worst.into())
 }
 
 /// Adapter: an [`crate::source::ImageSource`] as an [`ArtifactStore`].

@@ -1,0 +1,349 @@
+//! Device side: rebuild commit B from commit A plus a delta, part by part, into the repo.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::Digest;
+
+use super::format::{
+    patch_window_log, read_checksum, read_header, read_u64, read_u8, HashReader, PartInfo,
+    Superblock, MAX_PATCH_SOURCE_SIZE, MAX_PATCH_TARGET_SIZE, OP_COPY, OP_END, OP_NEW,
+    OP_PATCH_ZSTD, PART_MAGIC, PART_WINDOW_LOG_MAX,
+};
+use super::{part_name, SUPERBLOCK_NAME};
+use crate::ostree::{write_atomic, Checksum, DirMeta, DirTree, ObjectKind, Repo, Transaction};
+
+/// Where the superblock and the parts come from (a directory, a registry artifact, …).
+pub trait DeltaStore {
+    /// The superblock file.
+    fn superblock(&mut self) -> Result<Box<dyn Read + '_>>;
+    /// Part `index` (its size and SHA-256 are checked by the caller while reading).
+    fn part(&mut self, index: usize, info: &PartInfo) -> Result<Box<dyn Read + '_>>;
+}
+
+/// A delta unpacked in a directory: `superblock`, `part-0000`, `part-0001`, …
+pub struct DirStore {
+    dir: PathBuf,
+}
+
+impl DirStore {
+    pub fn new(dir: &Path) -> DirStore {
+        DirStore {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl DeltaStore for DirStore {
+    fn superblock(&mut self) -> Result<Box<dyn Read + '_>> {
+        let p = self.dir.join(SUPERBLOCK_NAME);
+        let f = File::open(&p).with_context(|| format!("opening {}", p.display()))?;
+        Ok(Box::new(BufReader::new(f)))
+    }
+
+    fn part(&mut self, index: usize, _info: &PartInfo) -> Result<Box<dyn Read + '_>> {
+        let p = self.dir.join(part_name(index));
+        let f = File::open(&p).with_context(|| format!("opening {}", p.display()))?;
+        Ok(Box::new(f))
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Commit B, now in the repo (no ref is set).
+    pub commit: Checksum,
+    /// Parts written by this run.
+    pub parts_applied: usize,
+    /// Parts skipped because all their objects were already present (earlier, interrupted run).
+    pub parts_skipped: usize,
+    /// Compressed bytes of the parts read by this run.
+    pub bytes_read: u64,
+}
+
+/// The progress record of an apply: `state/otter-delta-<from>-<to>`, one applied part index a line.
+pub fn progress_path(repo: &Repo, from: &Checksum, to: &Checksum) -> PathBuf {
+    repo.path()
+        .join("state")
+        .join(format!("otter-delta-{from}-{to}"))
+}
+
+/// Apply the delta in a directory; see [`apply`].
+pub fn apply_dir(repo: &Repo, dir: &Path, from: &Checksum) -> Result<Applied> {
+    apply(repo, &mut DirStore::new(dir), from)
+        .with_context(|| format!("applying the delta in {}", dir.display()))
+}
+
+/// Rebuild the target commit of a delta on top of commit `from`, which must be in `repo`.
+///
+/// Parts are applied one by one, each in its own transaction that is published only after every
+/// object it rebuilt matched its checksum and the part's size and SHA-256 matched the superblock.
+/// A part whose objects are all present is skipped, so an interrupted apply resumes where it
+/// stopped. The commit object is written last, after checking that every object its tree refers
+/// to is present; its checksum is the delta's target by construction (checked when the
+/// superblock is read). On error nothing is referenced: the caller can fall back to full layers.
+pub fn apply(repo: &Repo, store: &mut dyn DeltaStore, from: &Checksum) -> Result<Applied> {
+    let sb = {
+        let mut r = store.superblock()?;
+        Superblock::decode(&mut r).context("reading the delta superblock")?
+    };
+    if sb.from != *from {
+        bail!(
+            "the delta starts from commit {} but this system runs {from}: it does not apply here; \
+             fetch the full image instead",
+            sb.from
+        );
+    }
+    if !repo.has_object(ObjectKind::Commit, from) {
+        bail!(
+            "commit {from} is not in {}: the delta cannot be applied",
+            repo.path().display()
+        );
+    }
+    let to = sb.to;
+    let mut done = Applied {
+        commit: to,
+        parts_applied: 0,
+        parts_skipped: 0,
+        bytes_read: 0,
+    };
+    if repo.has_object(ObjectKind::Commit, &to) {
+        done.parts_skipped = sb.parts.len();
+        return Ok(done);
+    }
+    let progress = progress_path(repo, from, &to);
+    let mut recorded = read_progress(&progress);
+    for (i, part) in sb.parts.iter().enumerate() {
+        if part
+            .objects
+            .iter()
+            .all(|c| repo.has_object(ObjectKind::File, c))
+        {
+            done.parts_skipped += 1;
+            continue;
+        }
+        let r = store
+            .part(i, part)
+            .with_context(|| format!("fetching part {i} of the delta {from} → {to}"))?;
+        apply_part(repo, r, part)
+            .with_context(|| format!("applying part {i} of the delta {from} → {to}"))?;
+        done.parts_applied += 1;
+        done.bytes_read += part.size;
+        recorded.insert(i);
+        write_progress(&progress, &recorded)?;
+    }
+    finish(repo, &sb).with_context(|| format!("writing commit {to} from the delta"))?;
+    match fs::remove_file(&progress) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("deleting {}", progress.display())),
+    }
+    Ok(done)
+}
+
+fn read_progress(p: &Path) -> HashSet<usize> {
+    fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn write_progress(p: &Path, done: &HashSet<usize>) -> Result<()> {
+    let mut v: Vec<_> = done.iter().copied().collect();
+    v.sort_unstable();
+    let text: String = v.iter().map(|i| format!("{i}\n")).collect();
+    if let Some(dir) = p.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_atomic(p, text.as_bytes(), 0o644)
+}
+
+/// Decode one part straight into a transaction; publish it only if everything checks out.
+fn apply_part(repo: &Repo, reader: Box<dyn Read + '_>, info: &PartInfo) -> Result<()> {
+    let mut hashing = HashReader {
+        inner: reader.take(info.size.saturating_add(1)),
+        hasher: sha2::Sha256::new(),
+        count: 0,
+    };
+    let mut tx = repo.transaction()?;
+    let want: HashSet<Checksum> = info.objects.iter().copied().collect();
+    let mut produced = HashSet::new();
+    {
+        let mut dec = zstd::stream::read::Decoder::new(&mut hashing).context("starting zstd")?;
+        dec.window_log_max(PART_WINDOW_LOG_MAX)
+            .context("setting the zstd window limit")?;
+        let mut r = (&mut dec).take(info.uncompressed_size);
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic).context("reading the part magic")?;
+        if &magic != PART_MAGIC {
+            bail!("not an otter delta part (magic {magic:02x?})");
+        }
+        loop {
+            let op = read_u8(&mut r)?;
+            if op == OP_END {
+                break;
+            }
+            let object = read_checksum(&mut r)?;
+            if !want.contains(&object) {
+                bail!("part rebuilds object {object}, which the superblock does not list");
+            }
+            let got = apply_op(repo, &mut tx, &mut r, op)
+                .with_context(|| format!("rebuilding object {object}"))?;
+            if got != object {
+                bail!("rebuilt object {object} has checksum {got}: the delta is corrupt");
+            }
+            produced.insert(object);
+        }
+        let short = r.limit();
+        if short != 0 {
+            bail!("part ends {short} bytes before its announced size");
+        }
+        // The frame must end here: nothing but EOF may follow.
+        let mut extra = [0u8; 1];
+        if dec
+            .read(&mut extra)
+            .context("reading the end of the part")?
+            != 0
+        {
+            bail!("part has data after its end marker");
+        }
+        let mut rest = dec.finish();
+        io::copy(&mut rest, &mut io::sink()).context("reading the end of the part")?;
+    }
+    if hashing.count != info.size {
+        bail!(
+            "part is {} bytes, the superblock says {}",
+            hashing.count,
+            info.size
+        );
+    }
+    let sha: [u8; 32] = hashing.hasher.finalize().into();
+    if sha != info.sha256 {
+        bail!("part has the wrong SHA-256: it is corrupt or was altered");
+    }
+    if produced.len() != want.len() {
+        bail!(
+            "part rebuilt {} of the {} objects the superblock lists",
+            produced.len(),
+            want.len()
+        );
+    }
+    tx.finish()
+}
+
+/// One operation; returns the checksum of the object it wrote.
+fn apply_op(repo: &Repo, tx: &mut Transaction<'_>, r: &mut dyn Read, op: u8) -> Result<Checksum> {
+    match op {
+        OP_NEW => {
+            let h = read_header(r)?;
+            let size = read_u64(r)?;
+            if h.is_symlink() && size != 0 {
+                bail!("symlink with content");
+            }
+            tx.write_file_sized(&h, &mut r.take(size), Some(size))
+        }
+        OP_PATCH_ZSTD => {
+            let h = read_header(r)?;
+            let size = read_u64(r)?;
+            let source = read_checksum(r)?;
+            let patch_len = read_u64(r)?;
+            if h.is_symlink() || size > MAX_PATCH_TARGET_SIZE {
+                bail!("invalid patch target ({size} bytes)");
+            }
+            let old = read_source(repo, &source)?;
+            let mut pr = BufReader::new(r.take(patch_len));
+            let mut dec = zstd::stream::read::Decoder::with_ref_prefix(&mut pr, &old)
+                .context("starting the zstd patch decoder")?
+                .single_frame();
+            dec.window_log_max(patch_window_log(old.len() as u64, size))
+                .context("setting the zstd window limit")?;
+            let c = tx.write_file_sized(&h, &mut dec, Some(size))?;
+            drop(dec);
+            if io::copy(&mut pr, &mut io::sink()).context("reading the patch")? != 0 {
+                bail!("patch has trailing data");
+            }
+            Ok(c)
+        }
+        OP_COPY => {
+            let h = read_header(r)?;
+            let source = read_checksum(r)?;
+            if h.is_symlink() {
+                bail!("copy into a symlink");
+            }
+            let src = repo
+                .open_file(&source)
+                .with_context(|| format!("source object {source} of the delta"))?;
+            let Some(mut f) = src.content else {
+                bail!("source object {source} is a symlink");
+            };
+            tx.write_file_sized(&h, &mut f, Some(src.size))
+        }
+        other => bail!("unknown operation {other}"),
+    }
+}
+
+/// The content of a source object of commit A, in memory (bounded by [`MAX_PATCH_SOURCE_SIZE`]).
+fn read_source(repo: &Repo, source: &Checksum) -> Result<Vec<u8>> {
+    let src = repo.open_file(source).with_context(|| {
+        format!("source object {source} of the delta is missing: the system's commit is incomplete")
+    })?;
+    let Some(f) = src.content else {
+        bail!("source object {source} is a symlink");
+    };
+    if src.size > MAX_PATCH_SOURCE_SIZE {
+        bail!(
+            "source object {source} is {} bytes, above the patch limit of {MAX_PATCH_SOURCE_SIZE}",
+            src.size
+        );
+    }
+    let mut old = Vec::with_capacity(src.size as usize);
+    f.take(src.size)
+        .read_to_end(&mut old)
+        .with_context(|| format!("reading {}", src.path.display()))?;
+    if old.len() as u64 != src.size {
+        bail!("source object {source} changed while reading");
+    }
+    // The content is trusted only through B's checksums: a damaged source yields a wrong
+    // rebuilt object, which is refused.
+    Ok(old)
+}
+
+/// Write B's new dirtrees/dirmetas and its commit, after checking the tree is complete.
+fn finish(repo: &Repo, sb: &Superblock) -> Result<()> {
+    let mut tx = repo.transaction()?;
+    let mut trees = HashSet::new();
+    let mut metas = HashSet::new();
+    for m in &sb.dirmetas {
+        DirMeta::decode(m).context("dirmeta in the superblock does not parse")?;
+        metas.insert(tx.write_metadata(ObjectKind::DirMeta, m)?);
+    }
+    for t in &sb.dirtrees {
+        DirTree::decode(t).context("dirtree in the superblock does not parse")?;
+        trees.insert(tx.write_metadata(ObjectKind::DirTree, t)?);
+    }
+    for t in &sb.dirtrees {
+        let tree = DirTree::decode(t).context("dirtree in the superblock does not parse")?;
+        for (name, c) in &tree.files {
+            if !tx.has_object(ObjectKind::File, c) {
+                bail!("file {name:?} (object {c}) is neither in the delta nor in the repository");
+            }
+        }
+        for (name, t, m) in &tree.dirs {
+            if !trees.contains(t) && !tx.has_object(ObjectKind::DirTree, t) {
+                bail!("directory {name:?} (dirtree {t}) is missing");
+            }
+            if !metas.contains(m) && !tx.has_object(ObjectKind::DirMeta, m) {
+                bail!("directory {name:?} (dirmeta {m}) is missing");
+            }
+        }
+    }
+    let c = tx.commit_object(&sb.commit)?;
+    if c != sb.to {
+        bail!("rebuilt commit is {c}, expected {}", sb.to);
+    }
+    Ok(())
+}

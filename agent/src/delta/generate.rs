@@ -1,0 +1,581 @@
+//! Publisher side: compute the delta between two commits of one repository.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::Digest;
+
+use super::format::{
+    encode_header, patch_window_log, put_u64, HashWriter, PartInfo, Superblock,
+    MAX_PATCH_SOURCE_SIZE, MAX_PATCH_TARGET_SIZE, OP_COPY, OP_END, OP_NEW, OP_PATCH_ZSTD,
+    PART_MAGIC, PART_WINDOW_LOG_MAX,
+};
+use super::{part_name, SUPERBLOCK_NAME};
+use crate::ostree::{Checksum, ObjectKind, Repo, MAX_TREE_DEPTH};
+
+/// Knobs of [`generate_with`]; the defaults are what `otter-publish` uses.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// A part is closed once its decompressed stream reaches this size (a single file larger
+    /// than this gets a part of its own).
+    pub max_part_size: u64,
+    /// zstd level of the part streams.
+    pub level: i32,
+    /// zstd level of per-file patches.
+    pub patch_level: i32,
+    /// zstd window (log2) of the part streams (≤ [`PART_WINDOW_LOG_MAX`]).
+    pub window_log: u32,
+    /// Larger source files are not used as patch bases (device memory: old + new in RAM).
+    pub max_patch_source_size: u64,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_part_size: 8 << 20,
+            level: 19,
+            patch_level: 19,
+            window_log: 22,
+            max_patch_source_size: MAX_PATCH_SOURCE_SIZE,
+        }
+    }
+}
+
+/// What [`generate`] wrote.
+#[derive(Clone, Debug, Default)]
+pub struct DeltaSummary {
+    pub from: Option<Checksum>,
+    pub to: Option<Checksum>,
+    pub parts: usize,
+    /// Bytes of the superblock plus all parts.
+    pub total_size: u64,
+    pub superblock_size: u64,
+    /// Dirtree and dirmeta objects carried in the superblock.
+    pub metadata_objects: usize,
+    /// Files sent whole (incl. symlinks) and their content bytes.
+    pub new_files: usize,
+    pub new_bytes: u64,
+    /// Files sent as zstd patches, their size and the patch bytes.
+    pub patched_files: usize,
+    pub patched_bytes: u64,
+    pub patch_bytes: u64,
+    /// Files whose content exists in A under another object (metadata change, rename).
+    pub copied_files: usize,
+}
+
+/// Generate the delta `from` → `to` into `out_dir` (which must not exist), with default options.
+pub fn generate(
+    repo: &Repo,
+    from: &Checksum,
+    to: &Checksum,
+    out_dir: &Path,
+) -> Result<DeltaSummary> {
+    generate_with(repo, from, to, out_dir, &GenerateOptions::default())
+}
+
+/// Generate the delta `from` → `to` into `out_dir` (which must not exist). The directory is
+/// built under a temporary name next to it and renamed at the end.
+pub fn generate_with(
+    repo: &Repo,
+    from: &Checksum,
+    to: &Checksum,
+    out_dir: &Path,
+    opts: &GenerateOptions,
+) -> Result<DeltaSummary> {
+    if opts.window_log > PART_WINDOW_LOG_MAX || opts.window_log < 10 {
+        bail!(
+            "window_log {} is outside 10..={PART_WINDOW_LOG_MAX}",
+            opts.window_log
+        );
+    }
+    if out_dir.exists() {
+        bail!("{} exists: choose a new directory", out_dir.display());
+    }
+    let name = out_dir
+        .file_name()
+        .with_context(|| format!("{} has no file name", out_dir.display()))?
+        .to_string_lossy();
+    let tmp = out_dir.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let res = generate_into(repo, from, to, &tmp, opts);
+    match res {
+        Ok(s) => {
+            fs::rename(&tmp, out_dir)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), out_dir.display()))?;
+            Ok(s)
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Commit A as the device has it.
+struct Old {
+    by_path: HashMap<String, Checksum>,
+    by_pattern: HashMap<String, Vec<Checksum>>,
+    files: HashSet<Checksum>,
+    dirtrees: HashSet<Checksum>,
+    dirmetas: HashSet<Checksum>,
+    /// size → regular objects of that size (built on first use).
+    by_size: Option<HashMap<u64, Vec<Checksum>>>,
+    content_hash: HashMap<Checksum, [u8; 32]>,
+}
+
+/// Patch base candidates looked at per path pattern.
+const MAX_PATTERN_CANDIDATES: usize = 32;
+
+/// A path with every digit run replaced by `#`: `usr/lib/modules/6.1.0-18-arm64/…` and
+/// `libfoo.so.1.2.3` match their next versions.
+fn pattern(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_digits = false;
+    for c in path.chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push('#');
+            }
+            in_digits = true;
+        } else {
+            out.push(c);
+            in_digits = false;
+        }
+    }
+    out
+}
+
+fn walk_old(repo: &Repo, tree: &Checksum, prefix: &str, depth: usize, old: &mut Old) -> Result<()> {
+    if depth > MAX_TREE_DEPTH {
+        bail!("tree {prefix} is nested deeper than {MAX_TREE_DEPTH}");
+    }
+    // A subtree seen at another path is walked again: its paths are patch bases too.
+    old.dirtrees.insert(*tree);
+    let t = repo.read_dirtree(tree)?;
+    for (name, c) in &t.files {
+        let p = format!("{prefix}/{name}");
+        old.by_pattern.entry(pattern(&p)).or_default().push(*c);
+        old.by_path.insert(p, *c);
+        old.files.insert(*c);
+    }
+    for (name, st, sm) in &t.dirs {
+        old.dirmetas.insert(*sm);
+        walk_old(repo, st, &format!("{prefix}/{name}"), depth + 1, old)?;
+    }
+    Ok(())
+}
+
+/// B's objects the device lacks: metadata objects and (path, file object) pairs.
+struct New {
+    dirtrees: Vec<Vec<u8>>,
+    dirmetas: Vec<Vec<u8>>,
+    files: Vec<(String, Checksum)>,
+    seen_trees: HashSet<Checksum>,
+    seen_metas: HashSet<Checksum>,
+    seen_files: HashSet<Checksum>,
+}
+
+fn walk_new(
+    repo: &Repo,
+    old: &Old,
+    tree: &Checksum,
+    meta: &Checksum,
+    prefix: &str,
+    depth: usize,
+    new: &mut New,
+) -> Result<()> {
+    if depth > MAX_TREE_DEPTH {
+        bail!("tree {prefix} is nested deeper than {MAX_TREE_DEPTH}");
+    }
+    if !old.dirmetas.contains(meta) && new.seen_metas.insert(*meta) {
+        new.dirmetas
+            .push(repo.read_metadata(ObjectKind::DirMeta, meta)?);
+    }
+    if old.dirtrees.contains(tree) || !new.seen_trees.insert(*tree) {
+        return Ok(());
+    }
+    new.dirtrees
+        .push(repo.read_metadata(ObjectKind::DirTree, tree)?);
+    let t = repo.read_dirtree(tree)?;
+    for (name, c) in &t.files {
+        if !old.files.contains(c) && new.seen_files.insert(*c) {
+            new.files.push((format!("{prefix}/{name}"), *c));
+        }
+    }
+    for (name, st, sm) in &t.dirs {
+        walk_new(
+            repo,
+            old,
+            st,
+            sm,
+            &format!("{prefix}/{name}"),
+            depth + 1,
+            new,
+        )?;
+    }
+    Ok(())
+}
+
+fn read_content(repo: &Repo, c: &Checksum, max: u64) -> Result<Option<Vec<u8>>> {
+    let f = repo.open_file(c)?;
+    let Some(file) = f.content else {
+        return Ok(None);
+    };
+    if f.size > max {
+        return Ok(None);
+    }
+    let mut v = Vec::with_capacity(f.size as usize);
+    file.take(f.size)
+        .read_to_end(&mut v)
+        .with_context(|| format!("reading {}", f.path.display()))?;
+    Ok(Some(v))
+}
+
+fn content_sha(repo: &Repo, old: &mut Old, c: &Checksum) -> Result<Option<[u8; 32]>> {
+    if let Some(h) = old.content_hash.get(c) {
+        return Ok(Some(*h));
+    }
+    let f = repo.open_file(c)?;
+    let Some(mut file) = f.content else {
+        return Ok(None);
+    };
+    let mut h = sha2::Sha256::new();
+    io::copy(&mut file, &mut h).with_context(|| format!("reading {}", f.path.display()))?;
+    let h: [u8; 32] = h.finalize().into();
+    old.content_hash.insert(*c, h);
+    Ok(Some(h))
+}
+
+/// An A object with exactly this content, if any (same size, same SHA-256).
+fn find_same_content(
+    repo: &Repo,
+    old: &mut Old,
+    size: u64,
+    sha: &[u8; 32],
+) -> Result<Option<Checksum>> {
+    if old.by_size.is_none() {
+        let mut m: HashMap<u64, Vec<Checksum>> = HashMap::new();
+        for c in &old.files {
+            let md = fs::symlink_metadata(repo.object_path(ObjectKind::File, c))
+                .with_context(|| format!("object {c} of the source commit is missing"))?;
+            // bare-user symlinks are small regular files too; content_sha filters them.
+            m.entry(md.len()).or_default().push(*c);
+        }
+        old.by_size = Some(m);
+    }
+    let candidates = old
+        .by_size
+        .as_ref()
+        .and_then(|m| m.get(&size))
+        .cloned()
+        .unwrap_or_default();
+    for c in candidates {
+        if content_sha(repo, old, &c)?.as_ref() == Some(sha) {
+            return Ok(Some(c));
+        }
+    }
+    Ok(None)
+}
+
+/// The best patch base in A for a file at `path` of `size` bytes: same path, else the same
+/// path pattern with the closest size.
+fn patch_base(repo: &Repo, old: &Old, path: &str, size: u64) -> Result<Option<(Checksum, u64)>> {
+    let mut cands: Vec<Checksum> = Vec::new();
+    if let Some(c) = old.by_path.get(path) {
+        cands.push(*c);
+    }
+    if let Some(v) = old.by_pattern.get(&pattern(path)) {
+        // Bounded: a pattern shared by many files (numbered names) is not worth scanning.
+        cands.extend(
+            v.iter()
+                .filter(|c| Some(*c) != old.by_path.get(path))
+                .take(MAX_PATTERN_CANDIDATES),
+        );
+    }
+    let mut best: Option<(Checksum, u64)> = None;
+    for (i, c) in cands.iter().enumerate() {
+        let f = repo.open_file(c)?;
+        if f.content.is_none() || f.size == 0 {
+            continue;
+        }
+        if i == 0 && old.by_path.get(path) == Some(c) {
+            return Ok(Some((*c, f.size)));
+        }
+        let better = match best {
+            None => true,
+            Some((_, s)) => f.size.abs_diff(size) < s.abs_diff(size),
+        };
+        if better {
+            best = Some((*c, f.size));
+        }
+    }
+    Ok(best)
+}
+
+type PartEncoder = zstd::stream::write::Encoder<'static, HashWriter<BufWriter<File>>>;
+
+struct PartWriter<'a> {
+    dir: &'a Path,
+    opts: &'a GenerateOptions,
+    parts: Vec<PartInfo>,
+    /// The open part: encoder, decompressed bytes so far, objects.
+    current: Option<(PartEncoder, u64, Vec<Checksum>)>,
+}
+
+impl PartWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        if self.current.is_none() {
+            let p = self.dir.join(part_name(self.parts.len()));
+            let f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
+            let hw = HashWriter {
+                inner: BufWriter::new(f),
+                hasher: sha2::Sha256::new(),
+                count: 0,
+            };
+            let mut enc =
+                zstd::stream::write::Encoder::new(hw, self.opts.level).context("starting zstd")?;
+            enc.window_log(self.opts.window_log)
+                .context("setting the zstd window")?;
+            enc.include_checksum(false).context("zstd options")?;
+            enc.write_all(PART_MAGIC).context("writing a part")?;
+            self.current = Some((enc, PART_MAGIC.len() as u64, Vec::new()));
+        }
+        if let Some((enc, n, _)) = self.current.as_mut() {
+            enc.write_all(data).context("writing a part")?;
+            *n += data.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, r: &mut dyn Read, size: u64) -> Result<()> {
+        let mut buf = vec![0u8; 128 * 1024];
+        let mut left = size;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = r.read(&mut buf[..want]).context("reading file content")?;
+            if n == 0 {
+                bail!("file content ended {left} bytes early");
+            }
+            self.write(&buf[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    fn end_object(&mut self, c: Checksum) -> Result<()> {
+        let full = if let Some((_, n, objs)) = self.current.as_mut() {
+            objs.push(c);
+            *n >= self.opts.max_part_size
+        } else {
+            false
+        };
+        if full {
+            self.close()?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let Some((mut enc, n, objects)) = self.current.take() else {
+            return Ok(());
+        };
+        enc.write_all(&[OP_END]).context("writing a part")?;
+        let mut hw = enc.finish().context("finishing a part")?;
+        hw.flush().context("writing a part")?;
+        let f = hw
+            .inner
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .context("writing a part")?;
+        f.sync_all().context("fsync of a part")?;
+        self.parts.push(PartInfo {
+            size: hw.count,
+            uncompressed_size: n + 1,
+            sha256: hw.hasher.finalize().into(),
+            objects,
+        });
+        Ok(())
+    }
+}
+
+fn generate_into(
+    repo: &Repo,
+    from: &Checksum,
+    to: &Checksum,
+    dir: &Path,
+    opts: &GenerateOptions,
+) -> Result<DeltaSummary> {
+    let a = repo
+        .read_commit(from)
+        .with_context(|| format!("reading source commit {from}"))?;
+    let b = repo
+        .read_commit(to)
+        .with_context(|| format!("reading target commit {to}"))?;
+    let mut old = Old {
+        by_path: HashMap::new(),
+        by_pattern: HashMap::new(),
+        files: HashSet::new(),
+        dirtrees: HashSet::new(),
+        dirmetas: HashSet::new(),
+        by_size: None,
+        content_hash: HashMap::new(),
+    };
+    old.dirmetas.insert(a.root_meta);
+    walk_old(repo, &a.root_tree, "", 0, &mut old)?;
+    let mut new = New {
+        dirtrees: Vec::new(),
+        dirmetas: Vec::new(),
+        files: Vec::new(),
+        seen_trees: HashSet::new(),
+        seen_metas: HashSet::new(),
+        seen_files: HashSet::new(),
+    };
+    walk_new(repo, &old, &b.root_tree, &b.root_meta, "", 0, &mut new)?;
+
+    let mut sum = DeltaSummary {
+        from: Some(*from),
+        to: Some(*to),
+        metadata_objects: new.dirtrees.len() + new.dirmetas.len(),
+        ..Default::default()
+    };
+    let mut pw = PartWriter {
+        dir,
+        opts,
+        parts: Vec::new(),
+        current: None,
+    };
+    for (path, c) in &new.files {
+        emit(repo, &mut old, &mut pw, path, c, opts, &mut sum)
+            .with_context(|| format!("adding {path} (object {c}) to the delta"))?;
+    }
+    pw.close()?;
+    let sb = Superblock {
+        from: *from,
+        to: *to,
+        commit: repo.read_metadata(ObjectKind::Commit, to)?,
+        dirtrees: new.dirtrees,
+        dirmetas: new.dirmetas,
+        parts: pw.parts,
+    };
+    let data = sb.encode(opts.level)?;
+    let p: PathBuf = dir.join(SUPERBLOCK_NAME);
+    crate::ostree::write_atomic(&p, &data, 0o644)?;
+    sum.parts = sb.parts.len();
+    sum.superblock_size = data.len() as u64;
+    sum.total_size = sum.superblock_size + sb.parts.iter().map(|p| p.size).sum::<u64>();
+    Ok(sum)
+}
+
+fn emit(
+    repo: &Repo,
+    old: &mut Old,
+    pw: &mut PartWriter<'_>,
+    path: &str,
+    c: &Checksum,
+    opts: &GenerateOptions,
+    sum: &mut DeltaSummary,
+) -> Result<()> {
+    let f = repo.open_file(c)?;
+    let header = encode_header(&f.header);
+    let Some(mut content) = f.content else {
+        let mut op = vec![OP_NEW];
+        op.extend_from_slice(&c.0);
+        op.extend_from_slice(&header);
+        put_u64(&mut op, 0);
+        pw.write(&op)?;
+        sum.new_files += 1;
+        return pw.end_object(*c);
+    };
+    let size = f.size;
+    let base = if size <= MAX_PATCH_TARGET_SIZE && size > 0 {
+        patch_base(repo, old, path, size)?
+            .filter(|(_, s)| *s <= opts.max_patch_source_size.min(MAX_PATCH_SOURCE_SIZE))
+    } else {
+        None
+    };
+    // Small and medium files are read once into memory to try the alternatives.
+    let data = if size <= MAX_PATCH_TARGET_SIZE {
+        let mut v = Vec::with_capacity(size as usize);
+        (&mut content)
+            .take(size)
+            .read_to_end(&mut v)
+            .with_context(|| format!("reading {}", f.path.display()))?;
+        if v.len() as u64 != size {
+            bail!("object {c} changed while reading");
+        }
+        Some(v)
+    } else {
+        None
+    };
+    if let Some(data) = &data {
+        let sha: [u8; 32] = sha2::Sha256::digest(data).into();
+        if let Some(src) = find_same_content(repo, old, size, &sha)? {
+            let mut op = vec![OP_COPY];
+            op.extend_from_slice(&c.0);
+            op.extend_from_slice(&header);
+            op.extend_from_slice(&src.0);
+            pw.write(&op)?;
+            sum.copied_files += 1;
+            return pw.end_object(*c);
+        }
+        if let Some((src, _)) = base {
+            if let Some(oldc) = read_content(repo, &src, MAX_PATCH_SOURCE_SIZE)? {
+                let patch = make_patch(&oldc, data, opts.patch_level)?;
+                let raw = zstd::bulk::compress(data, 3).context("compressing")?;
+                if patch.len() < raw.len() {
+                    let mut op = vec![OP_PATCH_ZSTD];
+                    op.extend_from_slice(&c.0);
+                    op.extend_from_slice(&header);
+                    put_u64(&mut op, size);
+                    op.extend_from_slice(&src.0);
+                    put_u64(&mut op, patch.len() as u64);
+                    pw.write(&op)?;
+                    pw.write(&patch)?;
+                    sum.patched_files += 1;
+                    sum.patched_bytes += size;
+                    sum.patch_bytes += patch.len() as u64;
+                    return pw.end_object(*c);
+                }
+            }
+        }
+    }
+    let mut op = vec![OP_NEW];
+    op.extend_from_slice(&c.0);
+    op.extend_from_slice(&header);
+    put_u64(&mut op, size);
+    pw.write(&op)?;
+    match &data {
+        Some(d) => pw.write(d)?,
+        None => {
+            let mut file = repo
+                .open_file(c)?
+                .content
+                .with_context(|| format!("object {c} has no content"))?;
+            pw.copy(&mut file, size)?;
+        }
+    }
+    sum.new_files += 1;
+    sum.new_bytes += size;
+    pw.end_object(*c)
+}
+
+/// One zstd frame of `new` with `old` as reference prefix (`zstd --patch-from`).
+fn make_patch(old: &[u8], new: &[u8], level: i32) -> Result<Vec<u8>> {
+    let wlog = patch_window_log(old.len() as u64, new.len() as u64);
+    let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, old)
+        .context("starting the zstd patch encoder")?;
+    enc.window_log(wlog).context("setting the zstd window")?;
+    if old.len() + new.len() > (8 << 20) {
+        enc.long_distance_matching(true).context("zstd options")?;
+    }
+    enc.include_checksum(false).context("zstd options")?;
+    enc.include_contentsize(true).context("zstd options")?;
+    enc.set_pledged_src_size(Some(new.len() as u64))
+        .context("zstd options")?;
+    enc.write_all(new).context("compressing a patch")?;
+    enc.finish().context("finishing a patch")
+}
