@@ -1,7 +1,9 @@
 //! Fleet end to end: the real `otter daemon` (this crate's binary) against a real `mosquitto`
 //! and a real `docker-registry` on loopback. Images are built with umoci and pushed with
 //! `skopeo copy`; commands are published with `mosquitto_pub`, reports read with
-//! `mosquitto_sub`; the upgraded sysroot is checked with `ostree admin status`.
+//! `mosquitto_sub`; the upgraded sysroot is checked with `ostree admin status`. Releases are
+//! signed in the registry with `otter-publish` and the device requires signatures: a command
+//! can only pick an image the device would accept anyway.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod deploy_util;
@@ -17,6 +19,11 @@ use fleet_common::{publish, Broker, Sub};
 use serde_json::Value;
 
 const OTTER: &str = env!("CARGO_BIN_EXE_otter");
+const PUBLISH: &str = env!("CARGO_BIN_EXE_otter-publish");
+
+fn publish_tool(args: &[&str]) {
+    deploy_util::run(Command::new(PUBLISH).args(args));
+}
 
 /// The daemon process: stopped with SIGTERM (then killed) by its PID when the test ends.
 struct Daemon(Option<Child>);
@@ -71,6 +78,17 @@ fn mqtt_upgrade_command_upgrades_the_sysroot() {
     );
     let image = format!("docker://{}/os/demo:stable", reg.host());
     source_util::skopeo_push(&layout, "v1", &image, &[]);
+    let keys = t.path().join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    publish_tool(&["keygen", "--out", keys.join("release").to_str().unwrap()]);
+    let sk = keys.join("release.key");
+    let sign =
+        |img: &str| publish_tool(&["sign", "--key", sk.to_str().unwrap(), img, "--plain-http"]);
+    sign(&image);
+    // the public key is the device's only trusted key
+    let trusted = t.path().join("keys.d");
+    fs::create_dir_all(&trusted).unwrap();
+    fs::copy(keys.join("release.pub"), trusted.join("release.pub")).unwrap();
 
     let broker = Broker::start(t.path(), fleet_common::free_port(), "allow_anonymous true");
     let sr = t.path().join("sysroot");
@@ -78,10 +96,11 @@ fn mqtt_upgrade_command_upgrades_the_sysroot() {
     fs::write(
         &conf,
         format!(
-            "[registry]\ninsecure-hosts = {}\n\n[trust]\nrequire-signature = false\n\n\
+            "[registry]\ninsecure-hosts = {}\n\n[trust]\nrequire-signature = true\nkeys-dir = {}\n\n\
              [mqtt]\nurl = mqtt://127.0.0.1:{}\ndevice-id = dev1\ngroup = lab\nkeep-alive = 10\n\
              reconnect-min = 1\nreconnect-max = 2\n\n[policy]\nmode = check\n",
             reg.host(),
+            trusted.display(),
             broker.port
         ),
     )
@@ -91,6 +110,7 @@ fn mqtt_upgrade_command_upgrades_the_sysroot() {
     assert_eq!(before.len(), 1);
     // the registry now has v2 under the tracked tag
     source_util::skopeo_push(&layout, "v2", &image, &[]);
+    sign(&image);
 
     let sub = Sub::start(broker.port, &["otter/dev1/#"], &[]);
     let log = t.path().join("daemon.log");
