@@ -52,32 +52,40 @@ build_version 1
 build_version 2
 run skopeo inspect --format '{{.Digest}} version={{index .Labels "org.opencontainers.image.version"}}' "oci:$layout:v1"
 
-say "install v1 into an empty sysroot"
+say "configuration: boot counting in a GRUB environment block (docs/config.md, docs/boot.md)"
+conf="$work/otter.conf"
+printf '[boot]\nbackend = grubenv:/boot/grub2/grubenv\ntries = 3\n' >"$conf"
+run cat "$conf"
+
+say "install v1 into an empty sysroot (first deployment: nothing to fall back to, not armed)"
 rm -rf "$sysroot"
-run "$otter" --sysroot "$sysroot" --no-signature-verification install --stateroot demo --karg console=ttyS0 "oci:$layout:v1"
-run "$otter" --sysroot "$sysroot" status
+run "$otter" --config "$conf" --sysroot "$sysroot" --no-signature-verification install --stateroot demo --karg console=ttyS0 "oci:$layout:v1"
+run "$otter" --config "$conf" --sysroot "$sysroot" status
 run ostree admin status --sysroot="$sysroot"
 
 say "local configuration change on the running system"
-booted="$sysroot/ostree/deploy/demo/deploy/$("$otter" --sysroot "$sysroot" status --json | jq -r '.deployments[0] | "\(.checksum).\(.serial)"')"
+booted="$sysroot/ostree/deploy/demo/deploy/$("$otter" --config "$conf" --sysroot "$sysroot" status --json | jq -r '.deployments[0] | "\(.checksum).\(.serial)"')"
 echo "my-device" >"$booted/etc/hostname"
 run cat "$booted/etc/hostname"
 
 say "upgrade check (same image: nothing to do, exit 77)"
-set +e; "$otter" --sysroot "$sysroot" --no-signature-verification upgrade --check; echo "exit code $?"; set -e
+set +e; "$otter" --config "$conf" --sysroot "$sysroot" --no-signature-verification upgrade --check; echo "exit code $?"; set -e
 
 say "switch to v2"
-run "$otter" --sysroot "$sysroot" --no-signature-verification switch "oci:$layout:v2"
-run "$otter" --sysroot "$sysroot" status
+run "$otter" --config "$conf" --sysroot "$sysroot" --no-signature-verification switch "oci:$layout:v2"
+run "$otter" --config "$conf" --sysroot "$sysroot" status
 run ostree admin status --sysroot="$sysroot"
-new="$sysroot/ostree/deploy/demo/deploy/$("$otter" --sysroot "$sysroot" status --json | jq -r '.deployments[0] | "\(.checksum).\(.serial)"')"
+new="$sysroot/ostree/deploy/demo/deploy/$("$otter" --config "$conf" --sysroot "$sysroot" status --json | jq -r '.deployments[0] | "\(.checksum).\(.serial)"')"
 echo "/etc in the new deployment: hostname (edited, kept) and motd (untouched, new default):"
 run cat "$new/etc/hostname" "$new/etc/motd"
 run cat "$sysroot"/boot/loader/entries/ostree-2-demo.conf
+echo "the boot counter is armed for v2 (read with GRUB's own tool):"
+run grub-editenv "$sysroot/boot/grub2/grubenv" list
 
-say "roll back to v1"
-run "$otter" --sysroot "$sysroot" rollback
-run "$otter" --sysroot "$sysroot" status --json
+say "roll back to v1 (ends the trial of v2)"
+run "$otter" --config "$conf" --sysroot "$sysroot" rollback
+run grub-editenv "$sysroot/boot/grub2/grubenv" list
+run "$otter" --config "$conf" --sysroot "$sysroot" status --json
 run ostree admin status --sysroot="$sysroot"
 run ostree fsck --repo="$sysroot/ostree/repo"
 

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
-use crate::deploy::{BeforeSwitch, DeployOptions, Deployment, Origin, Sysroot, IMAGE_REF_PREFIX};
+use crate::deploy::{
+    BeforeSwitch, DeployOptions, Deployment, Origin, Switch, Sysroot, IMAGE_REF_PREFIX,
+};
 use crate::import::{Importer, IMPORT_RULES_VERSION};
 use crate::ostree::{Checksum, MetaValue, Repo};
 use crate::progress::{Event, NoProgress, Progress};
@@ -115,19 +117,12 @@ impl UpdateOptions {
 }
 
 /// The hook the CLI passes to [`Sysroot::deploy`]: runs right before the bootloader switch
-/// with the new default deployment. This is where the boot counter is armed (`[boot] backend`,
-/// `[boot] tries`); an error aborts the deploy with the old default intact.
-/// Seam for the boot module: `none` does nothing.
-pub fn before_switch(config: &Config, sysroot: &Path, new_default: &Deployment) -> Result<()> {
-    let _ = (sysroot, new_default);
-    if config.boot.backend != "none" {
-        log::info!(
-            "boot counter {} ({} tries) is armed by the boot module",
-            config.boot.backend,
-            config.boot.tries
-        );
-    }
-    Ok(())
+/// (the `boot/loader` swap) with the new boot version on disk. Arms the boot counter
+/// (`[boot] backend`, `[boot] tries`) for the new default when there is a deployment to fall
+/// back to; see [`crate::boot::arm_for_switch`] and `docs/boot.md`. An error aborts the deploy
+/// with the old default intact.
+pub fn before_switch(config: &Config, sysroot: &Path, sw: &Switch<'_>) -> Result<()> {
+    crate::boot::arm_for_switch(sysroot, &config.boot, sw).map(|_| ())
 }
 
 /// Where a stateroot's downloads go.
