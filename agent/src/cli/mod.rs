@@ -603,12 +603,18 @@ fn finish(sysroot: &Path, op: &str, image: &str, res: Result<Outcome>, check: bo
             println!("No update: the default deployment already runs {digest}.");
             Ok(if check { EXIT_NO_UPDATE } else { EXIT_OK })
         }
-        Outcome::Available { digest, version } => {
+        Outcome::Available {
+            digest,
+            version,
+            plan,
+        } => {
             println!(
-                "Update available: {digest}{}",
+                "Update available: {digest}{}; it will be fetched as {} ({}).",
                 version
                     .map(|v| format!(" (version {v})"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                plan.path,
+                crate::progress::human(plan.bytes)
             );
             Ok(EXIT_OK)
         }

@@ -122,8 +122,13 @@ impl UpdateProgress for Forward {
 pub fn outcome_json(o: &Outcome) -> Value {
     match o {
         Outcome::NoUpdate { digest } => json!({"result": "no-update", "digest": digest}),
-        Outcome::Available { digest, version } => {
-            json!({"result": "available", "digest": digest, "version": version})
+        Outcome::Available {
+            digest,
+            version,
+            plan,
+        } => {
+            json!({"result": "available", "digest": digest, "version": version,
+                   "fetch": plan.path, "download_bytes": plan.bytes})
         }
         Outcome::Downloaded { digest, commit } => {
             json!({"result": "downloaded", "digest": digest, "commit": commit.to_hex()})
@@ -148,7 +153,10 @@ impl FleetActions for UpdateActions {
             staged: staged_digest(&self.sysroot)?,
             ..CheckOutcome::default()
         };
-        if let Outcome::Available { digest, version } = out {
+        if let Outcome::Available {
+            digest, version, ..
+        } = out
+        {
             c.available = Some(digest);
             c.version = version;
         }
