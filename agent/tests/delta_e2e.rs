@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod deploy_util;
-#[allow(dead_code)]
 mod source_util;
 
 use std::fs;
