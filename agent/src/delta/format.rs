@@ -1,6 +1,8 @@
 //! The delta wire format (see `docs/deltas.md`): superblock and part streams, little-endian.
 
-use std::io::{Read, Write};
+use std::io::Read;
+#[cfg(feature = "publish")]
+use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 
@@ -205,6 +207,7 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// `u32 len, DirMeta (uid, gid, mode, xattrs) GVariant, u32 len, symlink target`.
+#[cfg(feature = "publish")]
 pub fn encode_header(h: &FileHeader) -> Vec<u8> {
     let meta = DirMeta {
         uid: h.uid,
@@ -276,12 +279,14 @@ fn read_bytes(r: &mut dyn Read, max: u64) -> Result<Vec<u8>> {
 }
 
 /// A writer that hashes and counts what passes through.
+#[cfg(feature = "publish")]
 pub struct HashWriter<W: Write> {
     pub inner: W,
     pub hasher: sha2::Sha256,
     pub count: u64,
 }
 
+#[cfg(feature = "publish")]
 impl<W: Write> Write for HashWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         use sha2::Digest;
