@@ -1,0 +1,717 @@
+#!/usr/bin/env python3
+"""otter QEMU aarch64 rig: builds a disk (real U-Boot, Debian arm64 kernel, busybox initramfs with
+otter's prepare-root, an ostree sysroot) without root or loop devices, boots it in
+qemu-system-aarch64 (TCG) and runs whole update / rollback scenarios over the serial console.
+
+Everything it needs is Debian packages (scripts/setup.sh) and our own build. Built artifacts are
+cached under qemu-tests/.cache/ (keyed by their inputs); scenarios run on qcow2 overlays of one
+base disk. Every process it starts (qemu, docker-registry) is killed by PID when it ends.
+"""
+
+import glob
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CACHE = os.environ.get("OTTER_RIG_CACHE", os.path.join(HERE, ".cache"))
+BOARD = "qemu-aarch64-virt"
+STATEROOT = "otter"
+ENV_SIZE = 0x4000
+MODULES = [  # initramfs modules, dependency order (Debian builds these as modules)
+    "kernel/drivers/virtio/virtio_mmio.ko",
+    "kernel/drivers/block/virtio_blk.ko",
+    "kernel/net/core/failover.ko",
+    "kernel/drivers/net/net_failover.ko",
+    "kernel/drivers/net/virtio_net.ko",
+    "kernel/lib/crc16.ko",
+    "kernel/crypto/crc32c_generic.ko",
+    "kernel/lib/libcrc32c.ko",
+    "kernel/fs/mbcache.ko",
+    "kernel/fs/jbd2/jbd2.ko",
+    "kernel/fs/ext4/ext4.ko",
+    "kernel/fs/fat/fat.ko",
+    "kernel/fs/fat/vfat.ko",
+    "kernel/fs/nls/nls_cp437.ko",
+    "kernel/fs/nls/nls_iso8859-1.ko",
+    "kernel/fs/nls/nls_ascii.ko",
+]
+TOOLS = {  # command -> Debian package
+    "qemu-system-aarch64": "qemu-system-arm",
+    "qemu-img": "qemu-utils",
+    "mkimage": "u-boot-tools",
+    "mkenvimage": "u-boot-tools",
+    "fw_printenv": "libubootenv-tool",
+    "sfdisk": "fdisk",
+    "mkfs.vfat": "dosfstools",
+    "mcopy": "mtools",
+    "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "cpio": "cpio",
+    "ostree": "ostree",
+    "skopeo": "skopeo",
+    "docker-registry": "docker-registry",
+    "busybox": "busybox-static",
+    "apt-get": "apt",
+    "dpkg-deb": "dpkg",
+}
+UBOOT_BIN = "/usr/lib/u-boot/qemu_arm64/u-boot.bin"
+
+
+class RigError(Exception):
+    pass
+
+
+def log(msg):
+    print(f"[rig {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(cmd, cwd=None, env=None, input=None, check=True, quiet=True):
+    """Run a command; on failure raise with its output."""
+    p = subprocess.run(cmd, cwd=cwd, env=env, input=input, capture_output=True,
+                       shell=isinstance(cmd, str))
+    if check and p.returncode != 0:
+        raise RigError(f"command failed ({p.returncode}): {cmd}\n{p.stdout.decode(errors='replace')}"
+                       f"{p.stderr.decode(errors='replace')}")
+    if not quiet:
+        sys.stdout.write(p.stdout.decode(errors="replace"))
+    return p.stdout.decode(errors="replace")
+
+
+def need_tools():
+    missing = [f"{c} (apt package {p})" for c, p in TOOLS.items() if shutil.which(c) is None]
+    if not os.path.exists(UBOOT_BIN):
+        missing.append(f"{UBOOT_BIN} (apt package u-boot-qemu)")
+    if missing:
+        raise RigError("missing tools: " + ", ".join(missing) + "; run scripts/setup.sh")
+
+
+def digest(*parts):
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, str) and os.path.isfile(p):
+            with open(p, "rb") as f:
+                h.update(f.read())
+        elif isinstance(p, str) and os.path.isdir(p):
+            for root, dirs, files in sorted(os.walk(p)):
+                dirs.sort()
+                for fn in sorted(files):
+                    fp = os.path.join(root, fn)
+                    h.update(fp.encode())
+                    if os.path.isfile(fp) and not os.path.islink(fp):
+                        with open(fp, "rb") as f:
+                            h.update(f.read())
+        else:
+            h.update(str(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+class Step:
+    """A cached build step: output dir CACHE/name, redone when its key changes."""
+
+    def __init__(self, name, key):
+        self.dir = os.path.join(CACHE, name)
+        self.key = key
+        self.stamp = self.dir + ".key"
+
+    def fresh(self):
+        try:
+            with open(self.stamp) as f:
+                return f.read() == self.key and os.path.isdir(self.dir)
+        except OSError:
+            return False
+
+    def begin(self):
+        if os.path.exists(self.dir):
+            run(["rm", "-rf", self.dir])
+        os.makedirs(self.dir)
+        return self.dir
+
+    def done(self):
+        with open(self.stamp, "w") as f:
+            f.write(self.key)
+
+
+# ------------------------------------------------------------------------------------------------
+# Build: Debian arm64 packages, kernel, initramfs, U-Boot bits
+
+
+def debs():
+    d = os.path.join(CACHE, "debs")
+    os.makedirs(d, exist_ok=True)
+    have_k = glob.glob(os.path.join(d, "linux-image-*-arm64_*_arm64.deb"))
+    have_b = glob.glob(os.path.join(d, "busybox-static_*_arm64.deb"))
+    if have_k and have_b:
+        return have_k[0], have_b[0]
+    archs = run(["dpkg", "--print-foreign-architectures"]).split()
+    if "arm64" not in archs:
+        raise RigError("dpkg has no arm64 foreign architecture: run scripts/setup.sh "
+                       "(it runs dpkg --add-architecture arm64 && apt-get update)")
+    deps = run(["apt-cache", "depends", "linux-image-arm64:arm64"])
+    m = re.search(r"Depends: (linux-image-[0-9.]+-[0-9]+-arm64)", deps)
+    if not m:
+        raise RigError(f"cannot find the kernel package behind linux-image-arm64:arm64:\n{deps}")
+    log(f"apt-get download {m.group(1)}:arm64 busybox-static:arm64")
+    run(["apt-get", "download", f"{m.group(1)}:arm64", "busybox-static:arm64"], cwd=d)
+    return debs()
+
+
+def kernel():
+    kdeb, bdeb = debs()
+    st = Step("kernel", digest(kdeb, bdeb, "v2"))
+    if not st.fresh():
+        d = st.begin()
+        log("extracting kernel and busybox")
+        x = os.path.join(d, "x")
+        run(["dpkg-deb", "-x", kdeb, x])
+        run(["dpkg-deb", "-x", bdeb, x])
+        (kver,) = os.listdir(os.path.join(x, "lib/modules"))
+        shutil.move(os.path.join(x, "boot", f"vmlinuz-{kver}"), os.path.join(d, "Image"))
+        mods = os.path.join(d, "modules")
+        for m in MODULES:
+            src = os.path.join(x, "lib/modules", kver, m)
+            if not os.path.exists(src):
+                raise RigError(f"kernel {kver} has no module {m}")
+            os.makedirs(os.path.dirname(os.path.join(mods, m)), exist_ok=True)
+            shutil.copy(src, os.path.join(mods, m))
+        shutil.move(os.path.join(x, "bin/busybox"), os.path.join(d, "busybox"))
+        with open(os.path.join(d, "kver"), "w") as f:
+            f.write(kver)
+        run(["rm", "-rf", x])
+        st.done()
+    with open(os.path.join(st.dir, "kver")) as f:
+        kver = f.read().strip()
+    return st.dir, kver
+
+
+def applets():
+    # Debian builds busybox and busybox-static for every arch from one config: the host's list
+    # is the arm64 binary's list.
+    return run(["busybox", "--list"]).split()
+
+
+def cpio_newc(root, out):
+    """Pack `root` as a gzip'd newc cpio owned by root (no root needed)."""
+    files = []
+    for r, dirs, fs in os.walk(root):
+        dirs.sort()
+        for n in sorted(dirs + fs):
+            files.append(os.path.relpath(os.path.join(r, n), root))
+    p = subprocess.run(["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"], cwd=root,
+                       input="\n".join(files).encode() + b"\n", capture_output=True)
+    if p.returncode != 0:
+        raise RigError(f"cpio failed: {p.stderr.decode()}")
+    import gzip
+    with open(out, "wb") as f:
+        f.write(gzip.compress(p.stdout, 6, mtime=0))
+
+
+def initramfs(broken=False):
+    """The initramfs: busybox, the modules above, prepare-root as /init. `broken` gives the
+    'kernel that cannot boot' variant (no /init, no modules: the kernel panics)."""
+    kdir, kver = kernel()
+    pr = os.path.join(REPO, "board-support/initramfs/prepare-root.sh")
+    name = "initramfs-broken" if broken else "initramfs"
+    st = Step(name, digest(kdir, pr, broken, "v3"))
+    if not st.fresh():
+        d = st.begin()
+        log(f"building {name}")
+        root = os.path.join(d, "root")
+        for sub in ["bin", "dev", "proc", "sys", "run", "sysroot", "sysroot.tmp", "etc"]:
+            os.makedirs(os.path.join(root, sub))
+        if broken:
+            with open(os.path.join(root, "etc/broken"), "w") as f:
+                f.write("this initramfs has no /init on purpose\n")
+        else:
+            shutil.copy(os.path.join(kdir, "busybox"), os.path.join(root, "bin/busybox"))
+            for a in applets():
+                if a != "busybox":
+                    os.symlink("busybox", os.path.join(root, "bin", a))
+            os.symlink("bin", os.path.join(root, "sbin"))
+            shutil.copytree(os.path.join(kdir, "modules"), os.path.join(root, "lib/modules", kver))
+            with open(os.path.join(root, "etc/modules-load"), "w") as f:
+                f.write("\n".join(MODULES) + "\n")
+            shutil.copy(pr, os.path.join(root, "init"))
+            os.chmod(os.path.join(root, "init"), 0o755)
+        cpio_newc(root, os.path.join(d, "initramfs.img"))
+        run(["rm", "-rf", root])
+        st.done()
+    return os.path.join(st.dir, "initramfs.img")
+
+
+def boot_script_source():
+    ours = os.path.join(REPO, "boot-counter/u-boot/boot.cmd")
+    return ours if os.path.exists(ours) else os.path.join(HERE, "uboot/boot.cmd")
+
+
+def uboot_bits():
+    """boot.scr (mkimage), the pflash env that makes Debian's U-Boot run it, the initial
+    uboot.env for the FAT partition."""
+    src = boot_script_source()
+    st = Step("uboot", digest(src, UBOOT_BIN, __file__))
+    if not st.fresh():
+        d = st.begin()
+        log(f"building boot.scr from {os.path.relpath(src, REPO)}")
+        run(["mkimage", "-A", "arm64", "-O", "linux", "-T", "script", "-C", "none",
+             "-n", "otter boot", "-d", src, os.path.join(d, "boot.scr")])
+        # U-Boot's own env (pflash bank 1, read-only: saveenv is broken on QEMU 7.2): run the
+        # script from the FAT partition right away.
+        envtxt = os.path.join(d, "flash-env.txt")
+        with open(envtxt, "w") as f:
+            # The flash env replaces U-Boot's default env, so carry qemu_arm64's addresses.
+            f.write("bootdelay=0\n"
+                    "fdt_high=0xffffffff\ninitrd_high=0xffffffff\n"
+                    "fdt_addr=0x40000000\nscriptaddr=0x40100000\nloadaddr=0x40200000\n"
+                    "kernel_addr_r=0x40400000\nramdisk_addr_r=0x46000000\n"
+                    "bootcmd=virtio scan; fatload virtio 0:1 ${scriptaddr} boot.scr && "
+                    "source ${scriptaddr}; echo otter-rig: boot script failed; poweroff\n")
+        flash = os.path.join(d, "flash1.img")
+        run(["mkenvimage", "-s", "0x40000", "-o", flash + ".env", envtxt])
+        with open(flash, "wb") as f:
+            with open(flash + ".env", "rb") as e:
+                f.write(e.read())
+            f.truncate(64 * 1024 * 1024)
+        os.unlink(flash + ".env")
+        # The boot-count env file the script and fw_printenv share; starts empty (not armed).
+        with open(os.path.join(d, "uboot-env.txt"), "w") as f:
+            f.write("bootcount=0\nbootlimit=3\nupgrade_available=0\n")
+        run(["mkenvimage", "-s", hex(ENV_SIZE), "-o", os.path.join(d, "uboot.env"),
+             os.path.join(d, "uboot-env.txt")])
+        st.done()
+    return st.dir
+
+
+# ------------------------------------------------------------------------------------------------
+# The test OS: busybox, otter, otter-boot, kernel + initramfs, health checks; versions v1..v4
+
+RCS = r"""#!/bin/sh
+# otter test OS: bring the system up, then run the boot-count health check.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /tmp /run/lock /var/lib/otter /var/tmp
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /tmp
+mount -t vfat /dev/vda1 /boot/firmware || echo "rcS: cannot mount the firmware partition"
+[ -b /dev/vdb ] && mkdir -p /media/usb && mount -o ro /dev/vdb /media/usb 2>/dev/null
+hostname otter-rig
+ip link set lo up
+ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2
+. /usr/lib/os-release
+echo "OTTER-OS version=$VERSION_ID"
+if [ -x /etc/otter/rig-boot.sh ]; then /etc/otter/rig-boot.sh; fi
+echo "OTTER-BOOTED version=$VERSION_ID"
+"""
+
+INITTAB = """::sysinit:/etc/init.d/rcS
+::respawn:-/bin/sh
+::ctrlaltdel:/sbin/reboot
+::shutdown:/bin/sync
+::shutdown:/bin/umount -a -r
+"""
+
+
+def otter_binaries():
+    """Static aarch64 otter + otter-boot if built (cargo build --release --target
+    aarch64-unknown-linux-musl -p otter -p otter-boot); None until they exist."""
+    d = os.path.join(REPO, "target/aarch64-unknown-linux-musl/release")
+    bins = {n: os.path.join(d, n) for n in ["otter", "otter-boot"]}
+    return bins if all(os.path.exists(p) for p in bins.values()) else None
+
+
+def build_binaries():
+    log("cargo build --release --target aarch64-unknown-linux-musl -p otter -p otter-boot")
+    env = dict(os.environ, CARGO_BUILD_JOBS=os.environ.get("CARGO_BUILD_JOBS", "2"))
+    p = subprocess.run(["cargo", "build", "--release", "--target", "aarch64-unknown-linux-musl",
+                        "-p", "otter", "-p", "otter-boot"], cwd=REPO, env=env,
+                       capture_output=True)
+    if p.returncode != 0:
+        raise RigError("cargo build of the aarch64 binaries failed:\n" + p.stderr.decode()[-4000:])
+    return otter_binaries()
+
+
+def os_tree(version, dest, health="ok"):
+    """Write the OS tree for `version` (1..4) into dest (ostree/OCI layout: /usr, /usr/etc)."""
+    kdir, kver = kernel()
+    bb = os.path.join(kdir, "busybox")
+    for sub in ["usr/bin", "usr/lib", "usr/etc/init.d", "usr/etc/otter", "usr/share/otter-test",
+                "usr/lib/greenboot/check/required.d", "usr/lib/greenboot/check/wanted.d",
+                "usr/lib/greenboot/green.d", "usr/lib/greenboot/red.d",
+                f"usr/lib/modules/{kver}",
+                "boot", "dev", "proc", "run", "sys", "sysroot", "tmp", "var", "root", "media",
+                "mnt", "home"]:
+        os.makedirs(os.path.join(dest, sub), exist_ok=True)
+    os.chmod(os.path.join(dest, "tmp"), 0o1777)
+    shutil.copy(bb, os.path.join(dest, "usr/bin/busybox"))
+    for a in applets():
+        if a != "busybox":
+            os.symlink("busybox", os.path.join(dest, "usr/bin", a))
+    for link, target in [("bin", "usr/bin"), ("sbin", "usr/bin"), ("lib", "usr/lib"),
+                         ("usr/sbin", "bin"), ("ostree", "sysroot/ostree")]:
+        os.symlink(target, os.path.join(dest, link))
+    bins = otter_binaries()
+    if bins:
+        for n, p in bins.items():
+            shutil.copy(p, os.path.join(dest, "usr/bin", n))
+    # Kernel + initramfs where ostree looks for them. v4 ships an initramfs that cannot boot.
+    shutil.copy(os.path.join(kdir, "Image"), os.path.join(dest, f"usr/lib/modules/{kver}/vmlinuz"))
+    shutil.copy(initramfs(broken=(health == "panic")),
+                os.path.join(dest, f"usr/lib/modules/{kver}/initramfs.img"))
+    def w(rel, text, mode=0o644):
+        p = os.path.join(dest, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "w") as f:
+            f.write(text)
+        os.chmod(p, mode)
+    w("usr/lib/os-release", f'NAME="Otter Test OS"\nID=otter-test\nVERSION_ID={version}\n'
+      f'PRETTY_NAME="Otter Test OS {version}"\n')
+    os.symlink("../lib/os-release", os.path.join(dest, "usr/etc/os-release"))
+    w("usr/etc/inittab", INITTAB)
+    w("usr/etc/init.d/rcS", RCS, 0o755)
+    w("usr/etc/hostname", "otter-rig\n")
+    w("usr/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n")
+    w("usr/etc/group", "root:x:0:\n")
+    w("usr/etc/profile", "export PATH=/usr/bin:/bin\nexport PS1='otter# '\n")
+    w("usr/share/otter-test/version", f"{version}\n")
+    w(f"usr/share/otter-test/payload-v{version}", f"payload of version {version}\n" * 64)
+    w("usr/lib/greenboot/check/required.d/10-version.sh",
+      f"#!/bin/sh\ntest \"$(cat /usr/share/otter-test/version)\" = {version}\n", 0o755)
+    if health == "fail":
+        w("usr/lib/greenboot/check/required.d/50-must-fail.sh",
+          "#!/bin/sh\necho 'rig: v%s health check fails on purpose' >&2\nexit 1\n" % version, 0o755)
+    return dest
+
+
+VERSIONS = {1: "ok", 2: "ok", 3: "fail", 4: "panic"}
+
+
+def otter_board(*args):
+    return run(["cargo", "run", "-q", "-p", "otter-board", "--", *args], cwd=REPO)
+
+
+def placeholder_sysroot(tree, out):
+    """A sysroot made by the real `ostree admin deploy` (stand-in until `otter install` works).
+    ostree freezes the filesystem holding /boot, so it runs on a private tmpfs, then copied."""
+    kargs = otter_board("file", BOARD, "cmdline").split()
+    script = r"""
+set -e
+tree=$1; out=$2; shift 2
+mnt=$(mktemp -d); mount -t tmpfs tmpfs $mnt; sr=$mnt/sr; mkdir $sr
+ostree admin init-fs $sr >/dev/null
+ostree admin os-init %(os)s --sysroot=$sr >/dev/null
+ostree commit --repo=$sr/ostree/repo -b %(os)s/base --add-metadata-string=version=1 -s v1 $tree >/dev/null
+ostree admin deploy --sysroot=$sr --os=%(os)s "$@" %(os)s/base >/dev/null
+cp -a $sr/. $out
+umount $mnt; rmdir $mnt
+""" % {"os": STATEROOT}
+    os.makedirs(out)
+    run(["unshare", "-m", "bash", "-c", script, "x", tree, out] + [f"--karg={k}" for k in kargs])
+
+
+def otter_install_sysroot(image_dir, out):
+    """`otter install --sysroot OUT oci:DIR` with the host build of otter."""
+    otter = os.path.join(REPO, "target/debug/otter")
+    os.makedirs(out)
+    run([otter, "install", "--sysroot", out, f"oci:{image_dir}:v1"])
+
+
+def make_disk(sysroot, out_qcow2):
+    """GPT disk per the board profile: FAT firmware partition (boot.scr, uboot.env) + ext4 root
+    holding the sysroot. No root, no loop devices: sfdisk on a file, mkfs into files, dd."""
+    ub = uboot_bits()
+    work = tempfile.mkdtemp(dir=CACHE, prefix="disk.")
+    try:
+        fw_mib, root_mib = 32, 320
+        raw = os.path.join(work, "disk.img")
+        with open(raw, "wb") as f:
+            f.truncate((1 + fw_mib + root_mib + 1) * 1024 * 1024)
+        run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", raw],
+            input=otter_board("file", BOARD, "sfdisk").encode())
+        parts = json.loads(run(["sfdisk", "--json", raw]))["partitiontable"]["partitions"]
+        fat = os.path.join(work, "fat.img")
+        run(["mkfs.vfat", "-n", "FIRMWARE", "-C", fat, str(parts[0]["size"] // 2)])
+        run(["mcopy", "-i", fat, os.path.join(ub, "boot.scr"), os.path.join(ub, "uboot.env"), "::/"])
+        ext = os.path.join(work, "root.img")
+        os.makedirs(os.path.join(sysroot, "boot/firmware"), exist_ok=True)
+        run(["mkfs.ext4", "-q", "-F", "-L", "otter-root", "-O", "^orphan_file", "-d", sysroot,
+             ext, f"{parts[1]['size'] // 2}k"], check=False)
+        if not os.path.exists(ext) or os.path.getsize(ext) == 0:
+            run(["mkfs.ext4", "-q", "-F", "-L", "otter-root", "-d", sysroot, ext,
+                 f"{parts[1]['size'] // 2}k"])
+        for img, p in [(fat, parts[0]), (ext, parts[1])]:
+            run(["dd", f"if={img}", f"of={raw}", "bs=512", f"seek={p['start']}", "conv=notrunc,sparse",
+                 "status=none"])
+        run(["qemu-img", "convert", "-O", "qcow2", raw, out_qcow2])
+    finally:
+        run(["rm", "-rf", work])
+
+
+# ------------------------------------------------------------------------------------------------
+# Driving QEMU over the serial console
+
+
+class Vm:
+    def __init__(self, name, disk, logdir, usb=None, registry_port=None):
+        self.name, self.disk, self.usb = name, disk, usb
+        self.registry_port = registry_port
+        self.log_path = os.path.join(logdir, f"{name}.console.log")
+        self.buf = bytearray()
+        self.cond = threading.Condition()
+        self.proc = None
+        self.boots = 0
+
+    def cmd(self):
+        ub = uboot_bits()
+        net = "user,id=n0,restrict=on"
+        if self.registry_port:
+            relay = os.path.join(HERE, "relay.py")
+            net += f",guestfwd=tcp:10.0.2.100:5000-cmd:python3 {relay} 127.0.0.1 {self.registry_port}"
+        c = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-m", "512", "-smp", "1",
+             "-nographic", "-monitor", "none", "-serial", "stdio",
+             "-bios", UBOOT_BIN,
+             "-drive", f"if=pflash,format=raw,index=1,readonly=on,file={ub}/flash1.img",
+             "-drive", f"if=none,id=d0,format=qcow2,file={self.disk}",
+             "-device", "virtio-blk-device,drive=d0",
+             "-netdev", net, "-device", "virtio-net-device,netdev=n0"]
+        if self.usb:
+            c += ["-drive", f"if=none,id=d1,format=raw,readonly=on,file={self.usb}",
+                  "-device", "virtio-blk-device,drive=d1"]
+        return c
+
+    def start(self):
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.cmd(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self.mark = 0
+        threading.Thread(target=self._reader, daemon=True).start()
+        return self
+
+    def _reader(self):
+        fd = self.proc.stdout.fileno()
+        while True:
+            try:
+                b = os.read(fd, 4096)
+            except OSError:
+                b = b""
+            with self.cond:
+                if not b:
+                    self.eof = True
+                    self.cond.notify_all()
+                    return
+                self.buf += b
+                if b"\x1b[6n" in b:
+                    # busybox's line editor asks for the cursor position; answer like a terminal.
+                    try:
+                        self.proc.stdin.write(b"\x1b[1;1R")
+                        self.proc.stdin.flush()
+                    except OSError:
+                        pass
+                self.logf.write(b)
+                self.logf.flush()
+                self.cond.notify_all()
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def expect(self, pattern, timeout, what=None, fail=None):
+        """Wait for regex `pattern` in the console output after the last match; `fail`: a regex
+        that aborts the wait at once."""
+        rx = re.compile(pattern.encode() if isinstance(pattern, str) else pattern, re.S)
+        frx = re.compile(fail.encode()) if fail else None
+        deadline = time.time() + timeout
+        with self.cond:
+            while True:
+                m = rx.search(self.buf, self.mark)
+                if m:
+                    self.mark = m.end()
+                    return m
+                if frx:
+                    fm = frx.search(self.buf, self.mark)
+                    if fm:
+                        raise RigError(f"{self.name}: saw {fm.group(0)!r} while waiting for "
+                                       f"{what or pattern}\n{self.tail()}")
+                left = deadline - time.time()
+                if left <= 0 or getattr(self, "eof", False):
+                    why = "QEMU exited" if getattr(self, "eof", False) else f"timeout {timeout}s"
+                    raise RigError(f"{self.name}: {why} waiting for {what or pattern!r}\n{self.tail()}")
+                self.cond.wait(min(left, 1.0))
+
+    def tail(self, n=3000):
+        return "---- console tail ----\n" + self.buf[-n:].decode(errors="replace")
+
+    def send(self, line):
+        # Trickle the bytes in so that the PL011's small FIFO never overflows.
+        data = line.encode() + b"\n"
+        for i in range(0, len(data), 8):
+            self.proc.stdin.write(data[i:i + 8])
+            self.proc.stdin.flush()
+            time.sleep(0.01)
+
+    def wait_booted(self, timeout=120):
+        m = self.expect(r"OTTER-BOOTED version=(\d+)", timeout, "the OS to finish booting",
+                        fail=r"Kernel panic|prepare-root: ERROR")
+        self.boots += 1
+        time.sleep(0.3)
+        return int(m.group(1))
+
+    def sh(self, command, timeout=60, check=True):
+        """Run a shell command in the guest; return (rc, output)."""
+        tok = hashlib.sha1(f"{time.time()}{command}".encode()).hexdigest()[:8]
+        time.sleep(0.2)
+        self.send(f"echo '<{tok}'; {command}; echo \"{tok}>\"${{?}}")
+        m = self.expect(rf"<{tok}\r?\n(.*?){tok}>(\d+)", timeout, f"`{command}`")
+        out = m.group(1).decode(errors="replace").replace("\r", "")
+        rc = int(m.group(2))
+        if check and rc != 0:
+            raise RigError(f"{self.name}: `{command}` exited {rc}:\n{out}")
+        return rc, out
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        if self.proc:
+            self.proc.wait()
+        if hasattr(self, "logf"):
+            self.logf.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Base disk and scenarios
+
+
+def base_disk():
+    """The shared base disk: v1 installed. Cached by everything that goes into it."""
+    kdir, _ = kernel()
+    bins = otter_binaries()
+    use_otter = bins is not None and os.environ.get("OTTER_RIG_PLACEHOLDER") != "1" and \
+        os.path.exists(os.path.join(REPO, "target/debug/otter")) and otter_install_works()
+    key = digest(kdir, initramfs(), uboot_bits(), __file__,
+                 os.path.join(REPO, "board-support/boards", BOARD + ".conf"),
+                 *(bins.values() if bins else []), use_otter)
+    st = Step("base", key)
+    if not st.fresh():
+        d = st.begin()
+        tree = os_tree(1, os.path.join(d, "tree-v1"))
+        sr = os.path.join(d, "sysroot")
+        if use_otter:
+            log("installing v1 with otter install")
+            otter_install_sysroot(oci_layout(1), sr)
+        else:
+            log("installing v1 with ostree admin deploy (placeholder until otter install works)")
+            placeholder_sysroot(tree, sr)
+        log("applying board profile: " + otter_board("apply", BOARD, sr).strip().replace("\n", "; "))
+        make_disk(sr, os.path.join(d, "base.qcow2"))
+        run(["chattr", "-R", "-i", sr], check=False)
+        run(["rm", "-rf", tree, sr])
+        st.done()
+    return os.path.join(st.dir, "base.qcow2")
+
+
+def otter_install_works():
+    return False
+
+
+def oci_layout(version):
+    raise RigError("OCI images need the otter binaries")
+
+
+def overlay(base, path):
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, path])
+    return path
+
+
+class Ctx:
+    def __init__(self, name, workdir):
+        self.name, self.dir = name, workdir
+        self.vms = []
+
+    def vm(self, disk, **kw):
+        v = Vm(f"{self.name}-{len(self.vms)}", disk, self.dir, **kw)
+        self.vms.append(v)
+        return v.start()
+
+    def cleanup(self):
+        for v in self.vms:
+            v.kill()
+
+
+def scenario_boot(ctx):
+    """Smoke: U-Boot -> kernel -> initramfs prepare-root -> deployment v1 -> shell."""
+    disk = overlay(base_disk(), os.path.join(ctx.dir, "disk.qcow2"))
+    vm = ctx.vm(disk)
+    vm.expect(r"otter-uboot: booting /ostree/", 60, "U-Boot to run boot.scr")
+    vm.expect(r"prepare-root: booting deployment /ostree/deploy/otter/deploy/[0-9a-f]{64}\.0", 90,
+              "prepare-root")
+    assert vm.wait_booted() == 1
+    _, out = vm.sh("cat /proc/cmdline; mount; ls /sysroot/ostree; test -e /run/ostree-booted")
+    for want in ["ostree=/ostree/boot.", "/usr ", "/sysroot ", "/boot/firmware "]:
+        if want not in out:
+            raise RigError(f"boot: {want!r} missing in\n{out}")
+    rc, _ = vm.sh("touch /usr/x", check=False)
+    if rc == 0:
+        raise RigError("boot: /usr is writable")
+    _, env = vm.sh("cat /etc/fw_env.config; fw_printenv -c /etc/fw_env.config 2>&1 || "
+                   "echo no-fw_printenv")
+    vm.sh("sync")
+    vm.kill()
+
+
+SCENARIOS = {
+    "boot": scenario_boot,
+}
+
+
+def main(argv):
+    if len(argv) != 1 or (argv[0] != "all" and argv[0] not in SCENARIOS):
+        print(f"usage: qemu-tests/run SCENARIO|all   (scenarios: {', '.join(SCENARIOS)})",
+              file=sys.stderr)
+        return 2
+    need_tools()
+    os.makedirs(CACHE, exist_ok=True)
+    names = list(SCENARIOS) if argv[0] == "all" else [argv[0]]
+    logroot = os.path.join(CACHE, "logs", time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(logroot)
+    t0 = time.time()
+    base_disk()
+    log(f"artifacts ready in {time.time() - t0:.0f}s (logs: {logroot})")
+    results = []
+    for n in names:
+        wd = os.path.join(logroot, n)
+        os.makedirs(wd)
+        ctx = Ctx(n, wd)
+        t = time.time()
+        try:
+            SCENARIOS[n](ctx)
+            results.append((n, "PASS", time.time() - t, ""))
+        except (RigError, AssertionError) as e:
+            results.append((n, "FAIL", time.time() - t, str(e)))
+        finally:
+            ctx.cleanup()
+        r = results[-1]
+        log(f"{r[0]}: {r[1]} in {r[2]:.0f}s" + (f"\n{r[3]}" if r[3] else ""))
+    print("\n== qemu-tests summary")
+    for n, res, secs, _ in results:
+        print(f"  {n:<14} {res}  {secs:5.0f}s")
+    print(f"  total {time.time() - t0:.0f}s")
+    return 0 if all(r[1] == "PASS" for r in results) else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except RigError as e:
+        print(f"qemu-tests: {e}", file=sys.stderr)
+        sys.exit(1)
