@@ -7,7 +7,7 @@ set -euo pipefail
 log=${OTTER_SETUP_LOG:-/tmp/otter-setup.log}
 packages=(
   ostree skopeo umoci minisign zstd jq openssl ca-certificates
-  grub-common libubootenv-tool u-boot-tools
+  grub-common libubootenv-tool u-boot-tools systemd systemd-boot
   docker-registry apache2-utils mosquitto mosquitto-clients
   qemu-system-arm qemu-utils u-boot-qemu dosfstools mtools e2fsprogs fdisk busybox-static cpio
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross time python3 python3-venv
