@@ -274,7 +274,9 @@ def uboot_bits():
             # The flash env replaces U-Boot's default env, so carry qemu_arm64's addresses.
             f.write("bootdelay=0\n"
                     "fdt_high=0xffffffff\ninitrd_high=0xffffffff\n"
-                    "fdt_addr=0x40000000\nscriptaddr=0x40100000\nloadaddr=0x40200000\n"
+                    "scriptaddr=0x40100000\nloadaddr=0x40200000\n"
+                    # boot-counter/u-boot/boot.cmd: uboot.env on partition 1, root on 2.
+                    "otter_envpart=0:1\notter_rootpart=0:2\n"
                     "kernel_addr_r=0x40400000\nramdisk_addr_r=0x46000000\n"
                     "bootcmd=virtio scan; fatload virtio 0:1 ${scriptaddr} boot.scr && "
                     "source ${scriptaddr}; echo otter-rig: boot script failed; poweroff\n")
@@ -316,6 +318,22 @@ if [ -x /etc/otter/rig-boot.sh ]; then /etc/otter/rig-boot.sh; fi
 echo "OTTER-BOOTED version=$VERSION_ID"
 """
 
+# Run at the end of rcS: what systemd units (otter-boot-detect-fallback, otter-boot-check) do
+# on a systemd image.
+RIG_BOOT = r"""#!/bin/sh
+if [ -x /usr/bin/otter-boot ]; then
+    otter-boot detect-fallback; echo "OTTER-DETECT rc=$?"
+    otter-boot check; echo "OTTER-CHECK rc=$?"
+    otter-boot status
+fi
+"""
+
+OTTER_CONF = """# otter test OS
+[boot]
+backend = uboot:/etc/fw_env.config
+tries = 3
+"""
+
 INITTAB = """::sysinit:/etc/init.d/rcS
 ::respawn:-/bin/sh
 ::ctrlaltdel:/sbin/reboot
@@ -328,8 +346,8 @@ def otter_binaries():
     """Static aarch64 otter + otter-boot if built (cargo build --release --target
     aarch64-unknown-linux-musl -p otter -p otter-boot); None until they exist."""
     d = os.path.join(REPO, "target/aarch64-unknown-linux-musl/release")
-    bins = {n: os.path.join(d, n) for n in ["otter", "otter-boot"]}
-    return bins if all(os.path.exists(p) for p in bins.values()) else None
+    return {n: os.path.join(d, n) for n in ["otter", "otter-boot"]
+            if os.path.exists(os.path.join(d, n))}
 
 
 def build_binaries():
@@ -387,11 +405,19 @@ def os_tree(version, dest, health="ok"):
     w("usr/etc/profile", "export PATH=/usr/bin:/bin\nexport PS1='otter# '\n")
     w("usr/share/otter-test/version", f"{version}\n")
     w(f"usr/share/otter-test/payload-v{version}", f"payload of version {version}\n" * 64)
-    w("usr/lib/greenboot/check/required.d/10-version.sh",
+    # Health checks: executables without .sh (otter-boot runs *.sh with bash; this OS has ash).
+    w("usr/lib/greenboot/check/required.d/10-version",
       f"#!/bin/sh\ntest \"$(cat /usr/share/otter-test/version)\" = {version}\n", 0o755)
     if health == "fail":
-        w("usr/lib/greenboot/check/required.d/50-must-fail.sh",
+        w("usr/lib/greenboot/check/required.d/50-must-fail",
           "#!/bin/sh\necho 'rig: v%s health check fails on purpose' >&2\nexit 1\n" % version, 0o755)
+    w("usr/lib/greenboot/green.d/50-rig", "#!/bin/sh\necho OTTER-GREEN\n", 0o755)
+    w("usr/lib/greenboot/red.d/50-rig", "#!/bin/sh\necho OTTER-RED\n", 0o755)
+    # busybox has no systemd: otter-boot's default reboot command is `systemctl reboot`.
+    w("usr/bin/systemctl", "#!/bin/sh\ncase \"$1\" in reboot) sync; exec reboot ;; "
+      "*) echo \"systemctl shim: $*: not supported\" >&2; exit 1 ;; esac\n", 0o755)
+    w("usr/etc/otter/rig-boot.sh", RIG_BOOT, 0o755)
+    w("usr/etc/otter/otter.conf", OTTER_CONF)
     return dest
 
 
@@ -402,23 +428,29 @@ def otter_board(*args):
     return run(["cargo", "run", "-q", "-p", "otter-board", "--", *args], cwd=REPO)
 
 
-def placeholder_sysroot(tree, out):
-    """A sysroot made by the real `ostree admin deploy` (stand-in until `otter install` works).
-    ostree freezes the filesystem holding /boot, so it runs on a private tmpfs, then copied."""
+def placeholder_sysroot(trees, out):
+    """A sysroot made by the real `ostree admin deploy` (stand-in until `otter install` works):
+    `trees` deployed in order, the last one is the default. ostree freezes the filesystem holding
+    /boot, so it runs on a private tmpfs, then the result is copied out."""
     kargs = otter_board("file", BOARD, "cmdline").split()
     script = r"""
 set -e
-tree=$1; out=$2; shift 2
+out=$1; shift
 mnt=$(mktemp -d); mount -t tmpfs tmpfs $mnt; sr=$mnt/sr; mkdir $sr
 ostree admin init-fs $sr >/dev/null
 ostree admin os-init %(os)s --sysroot=$sr >/dev/null
-ostree commit --repo=$sr/ostree/repo -b %(os)s/base --add-metadata-string=version=1 -s v1 $tree >/dev/null
-ostree admin deploy --sysroot=$sr --os=%(os)s "$@" %(os)s/base >/dev/null
+kargs=""
+while [ "$1" != "--" ]; do kargs="$kargs --karg=$1"; shift; done; shift
+for t in "$@"; do
+  v=${t##*-v}
+  ostree commit --repo=$sr/ostree/repo -b %(os)s/base --add-metadata-string=version=$v -s v$v $t >/dev/null
+  ostree admin deploy --sysroot=$sr --os=%(os)s --retain $kargs %(os)s/base >/dev/null
+done
 cp -a $sr/. $out
 umount $mnt; rmdir $mnt
 """ % {"os": STATEROOT}
     os.makedirs(out)
-    run(["unshare", "-m", "bash", "-c", script, "x", tree, out] + [f"--karg={k}" for k in kargs])
+    run(["unshare", "-m", "bash", "-c", script, "x", out] + kargs + ["--"] + trees)
 
 
 def otter_install_sysroot(image_dir, out):
@@ -428,7 +460,7 @@ def otter_install_sysroot(image_dir, out):
     run([otter, "install", "--sysroot", out, f"oci:{image_dir}:v1"])
 
 
-def make_disk(sysroot, out_qcow2):
+def make_disk(sysroot, out_qcow2, envfile=None):
     """GPT disk per the board profile: FAT firmware partition (boot.scr, uboot.env) + ext4 root
     holding the sysroot. No root, no loop devices: sfdisk on a file, mkfs into files, dd."""
     ub = uboot_bits()
@@ -443,7 +475,8 @@ def make_disk(sysroot, out_qcow2):
         parts = json.loads(run(["sfdisk", "--json", raw]))["partitiontable"]["partitions"]
         fat = os.path.join(work, "fat.img")
         run(["mkfs.vfat", "-n", "FIRMWARE", "-C", fat, str(parts[0]["size"] // 2)])
-        run(["mcopy", "-i", fat, os.path.join(ub, "boot.scr"), os.path.join(ub, "uboot.env"), "::/"])
+        run(["mcopy", "-i", fat, os.path.join(ub, "boot.scr"),
+             envfile or os.path.join(ub, "uboot.env"), "::/"])
         ext = os.path.join(work, "root.img")
         os.makedirs(os.path.join(sysroot, "boot/firmware"), exist_ok=True)
         run(["mkfs.ext4", "-q", "-F", "-L", "otter-root", "-O", "^orphan_file", "-d", sysroot,
@@ -592,32 +625,53 @@ class Vm:
 # Base disk and scenarios
 
 
-def base_disk():
-    """The shared base disk: v1 installed. Cached by everything that goes into it."""
+def host_otter_boot():
+    """otter-boot built for the host (to arm the counter of a disk image the way the device does)."""
+    run(["cargo", "build", "-q", "-p", "otter-boot"], cwd=REPO)
+    return os.path.join(REPO, "target/debug/otter-boot")
+
+
+def disk_for(versions=(1,), arm=False):
+    """A base disk with `versions` deployed in order (last = default), optionally with the boot
+    counter armed (as after staging an update). Cached by everything that goes into it."""
     kdir, _ = kernel()
     bins = otter_binaries()
-    use_otter = bins is not None and os.environ.get("OTTER_RIG_PLACEHOLDER") != "1" and \
-        os.path.exists(os.path.join(REPO, "target/debug/otter")) and otter_install_works()
-    key = digest(kdir, initramfs(), uboot_bits(), __file__,
+    use_otter = "otter" in bins and os.environ.get("OTTER_RIG_PLACEHOLDER") != "1" and \
+        otter_install_works() and list(versions) == [1] and not arm
+    key = digest(kdir, initramfs(), initramfs(broken=True), uboot_bits(), __file__,
                  os.path.join(REPO, "board-support/boards", BOARD + ".conf"),
-                 *(bins.values() if bins else []), use_otter)
-    st = Step("base", key)
+                 *bins.values(), use_otter, versions, arm)
+    name = "base-" + "-".join(map(str, versions)) + ("-armed" if arm else "")
+    st = Step(name, key)
     if not st.fresh():
         d = st.begin()
-        tree = os_tree(1, os.path.join(d, "tree-v1"))
         sr = os.path.join(d, "sysroot")
+        trees = [os_tree(v, os.path.join(d, f"tree-v{v}"), VERSIONS[v]) for v in versions]
         if use_otter:
             log("installing v1 with otter install")
             otter_install_sysroot(oci_layout(1), sr)
         else:
-            log("installing v1 with ostree admin deploy (placeholder until otter install works)")
-            placeholder_sysroot(tree, sr)
+            log(f"deploying v{versions} with ostree admin deploy (placeholder until otter install works)")
+            placeholder_sysroot(trees, sr)
         log("applying board profile: " + otter_board("apply", BOARD, sr).strip().replace("\n", "; "))
-        make_disk(sr, os.path.join(d, "base.qcow2"))
+        envfile = None
+        if arm:
+            envfile = os.path.join(d, "uboot.env")
+            shutil.copy(os.path.join(uboot_bits(), "uboot.env"), envfile)
+            cfg = os.path.join(d, "fw_env.config")
+            with open(cfg, "w") as f:
+                f.write(f"{envfile} 0x0 {hex(ENV_SIZE)}\n")
+            run([host_otter_boot(), "--backend", f"uboot:{cfg}", "arm", "--tries", "3"])
+            log("armed: " + run(["fw_printenv", "-c", cfg]).replace("\n", " "))
+        make_disk(sr, os.path.join(d, "base.qcow2"), envfile)
         run(["chattr", "-R", "-i", sr], check=False)
-        run(["rm", "-rf", tree, sr])
+        run(["rm", "-rf", sr, *trees])
         st.done()
     return os.path.join(st.dir, "base.qcow2")
+
+
+def base_disk():
+    return disk_for((1,))
 
 
 def otter_install_works():
@@ -652,7 +706,7 @@ def scenario_boot(ctx):
     """Smoke: U-Boot -> kernel -> initramfs prepare-root -> deployment v1 -> shell."""
     disk = overlay(base_disk(), os.path.join(ctx.dir, "disk.qcow2"))
     vm = ctx.vm(disk)
-    vm.expect(r"otter-uboot: booting /ostree/", 60, "U-Boot to run boot.scr")
+    vm.expect(r"otter(-uboot)?: booting .*/ostree/", 60, "U-Boot to run boot.scr")
     vm.expect(r"prepare-root: booting deployment /ostree/deploy/otter/deploy/[0-9a-f]{64}\.0", 90,
               "prepare-root")
     assert vm.wait_booted() == 1
@@ -669,8 +723,51 @@ def scenario_boot(ctx):
     vm.kill()
 
 
+def fat_env(disk_qcow2, workdir):
+    """Read uboot.env out of a (qcow2) disk with mtools + fw_printenv: the disk afterwards."""
+    raw = os.path.join(workdir, "after.raw")
+    run(["qemu-img", "convert", "-O", "raw", disk_qcow2, raw])
+    parts = json.loads(run(["sfdisk", "--json", raw]))["partitiontable"]["partitions"]
+    env = os.path.join(workdir, "uboot.env.after")
+    run(["mcopy", "-o", "-i", f"{raw}@@{parts[0]['start'] * 512}", "::/uboot.env", env])
+    cfg = os.path.join(workdir, "fw_env.config.after")
+    with open(cfg, "w") as f:
+        f.write(f"{env} 0x0 {hex(ENV_SIZE)}\n")
+    out = run(["fw_printenv", "-c", cfg])
+    os.unlink(raw)
+    return dict(l.split("=", 1) for l in out.splitlines() if "=" in l)
+
+
+def scenario_kernel_panic(ctx):
+    """v4 is the default with the counter armed; its kernel panics before userspace (its
+    initramfs cannot mount the root). U-Boot's counting alone must bring back v2."""
+    disk = overlay(disk_for((2, 4), arm=True), os.path.join(ctx.dir, "disk.qcow2"))
+    vm = ctx.vm(disk)
+    for i in (1, 2, 3):
+        vm.expect(rf"otter: saved bootcount={i} ", 60, f"U-Boot to count try {i}")
+        vm.expect(r"otter: booting entry default", 10, "the default (v4) entry")
+        vm.expect(r"Kernel panic - not syncing", 90, f"v4 to panic (try {i})",
+                  fail=r"OTTER-BOOTED")
+    vm.expect(r"otter: boot counter exhausted", 60, "U-Boot to give up on v4")
+    vm.expect(r"otter: booting entry rollback", 10, "the rollback entry")
+    v = vm.wait_booted()
+    if v != 2:
+        raise RigError(f"kernel-panic: fell back to v{v}, expected v2")
+    _, st = vm.sh("otter-boot status", check=False)
+    vm.sh("sync")
+    vm.kill()
+    env = fat_env(disk, ctx.dir)
+    log(f"kernel-panic: uboot.env afterwards: {env}; guest status: {st.strip()}")
+    if "otter" in otter_binaries():
+        # otter rollback (run by otter-boot detect-fallback) made v2 the default and cleared
+        # the counter.
+        if env.get("upgrade_available") not in (None, "0"):
+            raise RigError(f"kernel-panic: counter still armed after the fallback: {env}")
+
+
 SCENARIOS = {
     "boot": scenario_boot,
+    "kernel-panic": scenario_kernel_panic,
 }
 
 
