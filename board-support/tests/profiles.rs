@@ -108,7 +108,7 @@ fn broken_profiles_are_rejected_with_where_and_why() {
             "boot-partition = firmware",
             "symlinks",
         ),
-        ("panic=5", "panic=5 ostree=/x", "must not contain ostree="),
+        ("panic=1", "panic=1 ostree=/x", "must not contain ostree="),
         ("[layout]", "[layuot]", "missing section [layout]"),
         (
             "mount = /boot/firmware",
