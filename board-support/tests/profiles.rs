@@ -108,7 +108,11 @@ fn broken_profiles_are_rejected_with_where_and_why() {
             "boot-partition = firmware",
             "symlinks",
         ),
-        ("panic=1", "panic=1 ostree=/x", "must not contain ostree="),
+        (
+            "rw panic=1\n",
+            "rw panic=1 ostree=/x\n",
+            "must not contain ostree=",
+        ),
         ("[layout]", "[layuot]", "missing section [layout]"),
         (
             "mount = /boot/firmware",
