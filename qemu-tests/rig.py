@@ -328,7 +328,16 @@ if [ -x /usr/bin/otter-boot ]; then
 fi
 """
 
-OTTER_CONF = """# otter test OS
+REGISTRY = "10.0.2.100:5000"  # the guest's view of the rig's registry (QEMU guestfwd)
+IMAGE = f"{REGISTRY}/otter/os:stable"
+
+OTTER_CONF = f"""# otter test OS
+[update]
+stateroot = {STATEROOT}
+[registry]
+insecure-hosts = {REGISTRY}
+[trust]
+require-signature = false
 [boot]
 backend = uboot:/etc/fw_env.config
 tries = 3
@@ -454,10 +463,16 @@ umount $mnt; rmdir $mnt
 
 
 def otter_install_sysroot(image_dir, out):
-    """`otter install --sysroot OUT oci:DIR` with the host build of otter."""
+    """`otter install --sysroot OUT oci:DIR:v1` with the host build of otter (the board's kernel
+    arguments passed with --karg until `--board` is wired)."""
     otter = os.path.join(REPO, "target/debug/otter")
     os.makedirs(out)
-    run([otter, "install", "--sysroot", out, f"oci:{image_dir}:v1"])
+    kargs = otter_board("file", BOARD, "cmdline").split()
+    cfg = os.path.join(os.path.dirname(out), "install.conf")
+    with open(cfg, "w") as f:
+        f.write(f"[update]\nstateroot = {STATEROOT}\n[trust]\nrequire-signature = false\n")
+    run([otter, "--config", cfg, "install", "--sysroot", out, "--stateroot", STATEROOT]
+        + [f"--karg={k}" for k in kargs] + [f"oci:{image_dir}:v1"])
 
 
 def make_disk(sysroot, out_qcow2, envfile=None):
@@ -675,11 +690,175 @@ def base_disk():
 
 
 def otter_install_works():
-    return False
+    """True once the host build of otter has a working `install` (helper "deploy")."""
+    otter = os.path.join(REPO, "target/debug/otter")
+    if not os.path.exists(otter):
+        return False
+    p = subprocess.run([otter, "install", "--help"], capture_output=True)
+    return p.returncode == 0 and b"not built yet" not in p.stderr
+
+
+def tar_tree(tree, out_gz, only=None):
+    """A gzip'd tar layer of `tree` (all files owned by root, mtime 0). `only`: relative paths
+    (files) to include, with their parent directories."""
+    import gzip
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        def add(rel):
+            full = os.path.join(tree, rel)
+            ti = tf.gettarinfo(full, rel)
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = "root"
+            ti.mtime = 0
+            if ti.isreg():
+                with open(full, "rb") as f:
+                    tf.addfile(ti, f)
+            else:
+                tf.addfile(ti)
+        if only is None:
+            for r, dirs, files in os.walk(tree):
+                dirs.sort()
+                for n in sorted(dirs + files):
+                    add(os.path.relpath(os.path.join(r, n), tree))
+        else:
+            seen = set()
+            for rel in sorted(only):
+                parts = rel.split("/")
+                for i in range(1, len(parts)):
+                    d = "/".join(parts[:i])
+                    if d not in seen:
+                        seen.add(d)
+                        add(d)
+                add(rel)
+    data = raw.getvalue()
+    with open(out_gz, "wb") as f:
+        f.write(gzip.compress(data, 6, mtime=0))
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def blob(layout, data):
+    d = "sha256:" + hashlib.sha256(data).hexdigest()
+    p = os.path.join(layout, "blobs/sha256", d[7:])
+    if not os.path.exists(p):
+        with open(p, "wb") as f:
+            f.write(data)
+    return {"digest": d, "size": len(data)}
+
+
+def oci_images():
+    """One OCI image layout holding v1..v4 (tags v1..v4) for linux/arm64: a shared base layer
+    (busybox, kernel, initramfs) and a small per-version layer, as an OS build would have."""
+    kdir, kver = kernel()
+    bins = otter_binaries()
+    key = digest(kdir, initramfs(), initramfs(broken=True), __file__, *bins.values())
+    st = Step("oci", key)
+    if not st.fresh():
+        d = st.begin()
+        layout = os.path.join(d, "layout")
+        os.makedirs(os.path.join(layout, "blobs/sha256"))
+        with open(os.path.join(layout, "oci-layout"), "w") as f:
+            json.dump({"imageLayoutVersion": "1.0.0"}, f)
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                 "manifests": []}
+        base_layer = None
+        for v, health in VERSIONS.items():
+            tree = os_tree(v, os.path.join(d, f"tree-v{v}"), health)
+            versioned = [os.path.relpath(os.path.join(r, n), tree)
+                         for r, _, fs in os.walk(tree) for n in fs
+                         if os.path.relpath(os.path.join(r, n), tree).startswith(
+                             ("usr/share/otter-test", "usr/lib/os-release",
+                              "usr/lib/greenboot", "usr/etc/otter"))]
+            if health == "panic":
+                versioned.append(f"usr/lib/modules/{kver}/initramfs.img")
+            layers = []
+            if base_layer is None:
+                gz = os.path.join(d, "base.tar.gz")
+                diff = tar_tree(tree, gz, only=None if False else [
+                    os.path.relpath(os.path.join(r, n), tree)
+                    for r, dirs, fs in os.walk(tree) for n in dirs + fs
+                    if os.path.relpath(os.path.join(r, n), tree) not in versioned
+                    and not (os.path.isdir(os.path.join(r, n))
+                             and not os.path.islink(os.path.join(r, n)))] + [
+                    os.path.relpath(os.path.join(r, n), tree)
+                    for r, dirs, fs in os.walk(tree) for n in dirs
+                    if not os.path.islink(os.path.join(r, n))])
+                with open(gz, "rb") as f:
+                    base_layer = (blob(layout, f.read()), diff)
+            layers.append(base_layer)
+            gz = os.path.join(d, f"v{v}.tar.gz")
+            diff = tar_tree(tree, gz, only=versioned)
+            with open(gz, "rb") as f:
+                layers.append((blob(layout, f.read()), diff))
+            config = {
+                "architecture": "arm64", "os": "linux", "created": "2026-01-0%dT00:00:00Z" % v,
+                "config": {"Labels": {"org.opencontainers.image.version": str(v),
+                                      "org.opencontainers.image.title": "otter test OS"}},
+                "rootfs": {"type": "layers", "diff_ids": [l[1] for l in layers]},
+                "history": [{"created_by": "otter qemu-tests rig"}] * len(layers),
+            }
+            cdesc = blob(layout, json.dumps(config, sort_keys=True).encode())
+            manifest = {
+                "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **cdesc},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **l[0]}
+                           for l in layers],
+            }
+            mdesc = blob(layout, json.dumps(manifest, sort_keys=True).encode())
+            index["manifests"].append({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json", **mdesc,
+                "platform": {"architecture": "arm64", "os": "linux"},
+                "annotations": {"org.opencontainers.image.ref.name": f"v{v}"}})
+            run(["rm", "-rf", tree])
+        with open(os.path.join(layout, "index.json"), "w") as f:
+            json.dump(index, f, indent=1)
+        run(["rm", "-f", os.path.join(d, "base.tar.gz")] + glob.glob(os.path.join(d, "v*.tar.gz")))
+        # The real tools must accept it.
+        for v in VERSIONS:
+            run(["skopeo", "inspect", f"oci:{layout}:v{v}"])
+        st.done()
+    return os.path.join(st.dir, "layout")
 
 
 def oci_layout(version):
-    raise RigError("OCI images need the otter binaries")
+    return oci_images()
+
+
+class Registry:
+    """docker-registry on 127.0.0.1:<free port>, storage and log in `workdir`."""
+
+    def __init__(self, workdir):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.dir = workdir
+        cfg = os.path.join(workdir, "registry.yml")
+        with open(cfg, "w") as f:
+            f.write(f"version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n"
+                    f"    rootdirectory: {workdir}/registry-data\n  delete:\n    enabled: true\n"
+                    f"http:\n  addr: 127.0.0.1:{self.port}\n")
+        self.logf = open(os.path.join(workdir, "registry.log"), "wb")
+        self.proc = subprocess.Popen(["docker-registry", "serve", cfg], stdout=self.logf,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RigError(f"docker-registry did not listen on {self.port}; see {workdir}/registry.log")
+
+    def push(self, layout, tag, name="otter/os", dest_tag=None):
+        run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
+             f"docker://127.0.0.1:{self.port}/{name}:{dest_tag or tag}"])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.logf.close()
 
 
 def overlay(base, path):
@@ -691,6 +870,11 @@ class Ctx:
     def __init__(self, name, workdir):
         self.name, self.dir = name, workdir
         self.vms = []
+        self.registry = None
+
+    def start_registry(self):
+        self.registry = Registry(self.dir)
+        return self.registry
 
     def vm(self, disk, **kw):
         v = Vm(f"{self.name}-{len(self.vms)}", disk, self.dir, **kw)
@@ -700,12 +884,15 @@ class Ctx:
     def cleanup(self):
         for v in self.vms:
             v.kill()
+        if self.registry:
+            self.registry.stop()
 
 
 def scenario_boot(ctx):
     """Smoke: U-Boot -> kernel -> initramfs prepare-root -> deployment v1 -> shell."""
     disk = overlay(base_disk(), os.path.join(ctx.dir, "disk.qcow2"))
-    vm = ctx.vm(disk)
+    reg = registry_with(ctx, stable=1)
+    vm = ctx.vm(disk, registry_port=reg.port)
     vm.expect(r"otter(-uboot)?: booting .*/ostree/", 60, "U-Boot to run boot.scr")
     vm.expect(r"prepare-root: booting deployment /ostree/deploy/otter/deploy/[0-9a-f]{64}\.0", 90,
               "prepare-root")
@@ -717,9 +904,10 @@ def scenario_boot(ctx):
     rc, _ = vm.sh("touch /usr/x", check=False)
     if rc == 0:
         raise RigError("boot: /usr is writable")
-    _, env = vm.sh("cat /etc/fw_env.config; fw_printenv -c /etc/fw_env.config 2>&1 || "
-                   "echo no-fw_printenv")
-    vm.sh("sync")
+    _, cat = vm.sh(f"wget -q -O- http://{REGISTRY}/v2/_catalog")
+    if "otter/os" not in cat:
+        raise RigError(f"boot: the registry is not reachable through guestfwd: {cat}")
+    _, st = vm.sh("otter-boot status")
     vm.kill()
 
 
@@ -739,6 +927,15 @@ def fat_env(disk_qcow2, workdir):
 
 
 def scenario_kernel_panic(ctx):
+    """v4's kernel panics before userspace; U-Boot's counting alone brings back v2."""
+    if "otter" in otter_binaries() and otter_install_works():
+        return scenario_kernel_panic_otter(ctx)
+    log("kernel-panic: otter not available: v2+v4 deployed with ostree admin, counter armed "
+        "with the host otter-boot")
+    return scenario_kernel_panic_offline(ctx)
+
+
+def scenario_kernel_panic_offline(ctx):
     """v4 is the default with the counter armed; its kernel panics before userspace (its
     initramfs cannot mount the root). U-Boot's counting alone must bring back v2."""
     disk = overlay(disk_for((2, 4), arm=True), os.path.join(ctx.dir, "disk.qcow2"))
@@ -765,10 +962,242 @@ def scenario_kernel_panic(ctx):
             raise RigError(f"kernel-panic: counter still armed after the fallback: {env}")
 
 
+def need_otter():
+    if "otter" not in otter_binaries() or not otter_install_works():
+        raise RigError("needs a working otter (otter install/upgrade/rollback from helper "
+                       "'deploy'); build: cargo build --release --target "
+                       "aarch64-unknown-linux-musl -p otter -p otter-boot && cargo build -p otter")
+
+
+def registry_with(ctx, stable):
+    """The rig's registry with v1..v4 and `stable` pointing at version `stable`."""
+    reg = ctx.registry or ctx.start_registry()
+    layout = oci_images()
+    for v in VERSIONS:
+        reg.push(layout, f"v{v}")
+    reg.push(layout, f"v{stable}", dest_tag="stable")
+    return reg
+
+
+def boot_expect(vm, version, counted=None, timeout=150):
+    """Wait for `version` to boot; `counted`: the bootcount U-Boot must have saved on the way."""
+    if counted is not None:
+        vm.expect(rf"otter: saved bootcount={counted} ", timeout, f"U-Boot to count try {counted}")
+    v = vm.wait_booted(timeout)
+    if v != version:
+        raise RigError(f"{vm.name}: booted v{v}, expected v{version}\n{vm.tail()}")
+    return v
+
+
+def reboot(vm):
+    vm.sh("sync")
+    vm.send("reboot")
+
+
+def upgrade_to(vm, version, cmd=None):
+    """Stage `version` (the registry's `stable`) and check that it is pending."""
+    vm.sh(cmd or f"otter switch {IMAGE}", timeout=400)
+    _, st = vm.sh("otter status", check=False)
+    if f"version: {version}" not in st.lower() and f"version {version}" not in st.lower():
+        log(f"{vm.name}: otter status after staging:\n{st}")
+    _, uenv = vm.sh("head -n 3 /boot/loader/uEnv.txt")
+    _, fw = vm.sh("fw_printenv -c /etc/fw_env.config 2>/dev/null || otter-boot status")
+    if "upgrade_available=1" not in fw:
+        raise RigError(f"{vm.name}: boot counter not armed after staging v{version}:\n{fw}")
+    return uenv
+
+
+def disk_state(ctx, disk):
+    """Copy /ostree and /boot out of the disk's ext4 (debugfs, no mount) and check them with the
+    real ostree CLI; return (fsck output, admin status)."""
+    raw = os.path.join(ctx.dir, "state.raw")
+    run(["qemu-img", "convert", "-O", "raw", disk, raw])
+    parts = json.loads(run(["sfdisk", "--json", raw]))["partitiontable"]["partitions"]
+    ext = os.path.join(ctx.dir, "root.ext4")
+    run(["dd", f"if={raw}", f"of={ext}", "bs=512", f"skip={parts[1]['start']}",
+         f"count={parts[1]['size']}", "conv=sparse", "status=none"])
+    os.unlink(raw)
+    out = os.path.join(ctx.dir, "sysroot-after")
+    os.makedirs(out, exist_ok=True)
+    run(["debugfs", "-R", f"rdump /ostree /boot {out}", ext])
+    os.unlink(ext)
+    fsck = run(["ostree", "fsck", f"--repo={out}/ostree/repo"])
+    status = run(["ostree", "admin", "status", f"--sysroot={out}"])
+    return fsck, status
+
+
+SAVED = {}
+
+
+def disk_after_update(ctx):
+    """The disk at the end of `update` (v2 booted and good); runs `update` if it did not run."""
+    if "update" not in SAVED:
+        wd = os.path.join(ctx.dir, "pre-update")
+        os.makedirs(wd)
+        sub = Ctx("pre-update", wd)
+        try:
+            scenario_update(sub)
+        finally:
+            sub.cleanup()
+    return overlay(SAVED["update"], os.path.join(ctx.dir, "disk.qcow2"))
+
+
+def scenario_update(ctx):
+    """v1 -> otter upgrade from the registry -> reboot -> v2 on trial -> healthy -> marked good."""
+    need_otter()
+    registry_with(ctx, stable=2)
+    disk = overlay(base_disk(), os.path.join(ctx.dir, "disk.qcow2"))
+    vm = ctx.vm(disk, registry_port=ctx.registry.port)
+    boot_expect(vm, 1)
+    vm.expect(r"OTTER-CHECK rc=0", 5, "v1 healthy")
+    upgrade_to(vm, 2)
+    reboot(vm)
+    boot_expect(vm, 2, counted=1)
+    vm.expect(r"OTTER-GREEN", 30, "v2's health check to pass")
+    vm.expect(r"OTTER-CHECK rc=0", 30, "otter-boot check")
+    _, fw = vm.sh("fw_printenv -c /etc/fw_env.config")
+    if "upgrade_available=1" in fw:
+        raise RigError(f"update: v2 not marked good:\n{fw}")
+    _, st = vm.sh("otter status")
+    log(f"update: otter status on v2:\n{st}")
+    vm.sh("sync")
+    vm.kill()
+    env = fat_env(disk, ctx.dir)
+    if env.get("upgrade_available") == "1":
+        raise RigError(f"update: uboot.env still armed on disk: {env}")
+    fsck, status = disk_state(ctx, disk)
+    if status.count(f"{STATEROOT} ") < 2:
+        raise RigError(f"update: expected v2 + rollback v1 in ostree admin status:\n{status}")
+    SAVED["update"] = disk
+
+
+def scenario_rollback(ctx):
+    """From v2: upgrade to v3, whose required health check fails -> otter-boot reboots -> tries
+    run out -> U-Boot boots v2 -> v2 detects the fallback, makes it permanent (otter rollback)
+    and records it."""
+    need_otter()
+    disk = disk_after_update(ctx)
+    registry_with(ctx, stable=3)
+    vm = ctx.vm(disk, registry_port=ctx.registry.port)
+    boot_expect(vm, 2)
+    upgrade_to(vm, 3, cmd="otter upgrade")
+    reboot(vm)
+    for i in (1, 2, 3):
+        boot_expect(vm, 3, counted=i)
+        vm.expect(r"OTTER-RED", 60, f"v3's health check to fail (try {i})")
+    vm.expect(r"otter: boot counter exhausted", 120, "U-Boot to give up on v3")
+    vm.expect(r"otter: booting entry rollback", 10)
+    boot_expect(vm, 2)
+    vm.expect(r"FALLBACK BOOT DETECTED", 5)
+    vm.expect(r"OTTER-DETECT rc=0", 60, "otter rollback (detect-fallback) to succeed")
+    vm.expect(r"OTTER-CHECK rc=0", 60)
+    _, rb = vm.sh("cat /var/lib/otter/rollback.json")
+    _, st = vm.sh("otter status")
+    log(f"rollback: rollback.json {rb.strip()}\notter status:\n{st}")
+    # Permanent: the next boot is v2 from the default entry, without counting.
+    reboot(vm)
+    vm.expect(r"otter: booting entry default", 60)
+    boot_expect(vm, 2)
+    _, fw = vm.sh("fw_printenv -c /etc/fw_env.config")
+    if "upgrade_available=1" in fw:
+        raise RigError(f"rollback: counter still armed:\n{fw}")
+    vm.sh("sync")
+    vm.kill()
+    disk_state(ctx, disk)
+
+
+def scenario_power_cut(ctx):
+    """Cut the power (kill QEMU) during the download and during the deploy of v2: every next
+    boot is still v1 and healthy, and the upgrade resumes and completes."""
+    need_otter()
+    registry_with(ctx, stable=2)
+    disk = overlay(base_disk(), os.path.join(ctx.dir, "disk.qcow2"))
+    slow = ("sed 's/^\\[registry\\]$/[registry]\\nbandwidth-limit = 20000/' "
+            "/etc/otter/otter.conf > /tmp/slow.conf")
+    for phase, conf, pattern in [
+            ("download", "/tmp/slow.conf", r'"(phase|stage|event)":\s*"(fetch|download)'),
+            ("deploy", "/etc/otter/otter.conf", r'"(phase|stage|event)":\s*"(deploy)')]:
+        vm = ctx.vm(disk, registry_port=ctx.registry.port)
+        boot_expect(vm, 1)
+        vm.expect(r"OTTER-CHECK rc=0", 5, "v1 healthy")
+        vm.sh(slow)
+        vm.send(f"otter --config {conf} --progress json switch {IMAGE}")
+        vm.expect(pattern, 300, f"otter to reach the {phase} phase")
+        time.sleep(0.5 if phase == "download" else 0.05)
+        log(f"power-cut: killing QEMU during {phase}")
+        vm.kill()
+    vm = ctx.vm(disk, registry_port=ctx.registry.port)
+    boot_expect(vm, 1)
+    vm.expect(r"OTTER-CHECK rc=0", 5, "v1 still healthy after two power cuts")
+    upgrade_to(vm, 2)
+    reboot(vm)
+    boot_expect(vm, 2, counted=1)
+    vm.expect(r"OTTER-CHECK rc=0", 60)
+    vm.sh("sync")
+    vm.kill()
+    fsck, _ = disk_state(ctx, disk)
+    log("power-cut: " + fsck.strip().splitlines()[-1])
+
+
+def usb_disk(ctx, version):
+    """A second disk (ext4, no partition table) with an OCI layout holding `version` at /os."""
+    d = os.path.join(ctx.dir, "usb")
+    os.makedirs(d)
+    run(["skopeo", "copy", "-q", f"oci:{oci_images()}:v{version}", f"oci:{d}/os:v{version}"])
+    img = os.path.join(ctx.dir, "usb.img")
+    run(["mkfs.ext4", "-q", "-F", "-L", "OTTERUSB", "-d", d, img, "64M"])
+    return img
+
+
+def scenario_usb(ctx):
+    """Offline update: a second disk with an OCI layout -> otter import -> reboot -> v2 good."""
+    need_otter()
+    disk = overlay(base_disk(), os.path.join(ctx.dir, "disk.qcow2"))
+    vm = ctx.vm(disk, usb=usb_disk(ctx, 2))
+    boot_expect(vm, 1)
+    vm.sh("ls /media/usb/os")
+    vm.sh("otter import oci:/media/usb/os:v2", timeout=300)
+    _, fw = vm.sh("fw_printenv -c /etc/fw_env.config")
+    if "upgrade_available=1" not in fw:
+        raise RigError(f"usb: counter not armed after import:\n{fw}")
+    reboot(vm)
+    boot_expect(vm, 2, counted=1)
+    vm.expect(r"OTTER-CHECK rc=0", 60)
+    vm.kill()
+
+
+def scenario_kernel_panic_otter(ctx):
+    """From v2: upgrade to v4, whose kernel panics before userspace -> U-Boot's counting alone
+    brings back v2 -> v2 makes the fallback permanent."""
+    need_otter()
+    disk = disk_after_update(ctx)
+    registry_with(ctx, stable=4)
+    vm = ctx.vm(disk, registry_port=ctx.registry.port)
+    boot_expect(vm, 2)
+    upgrade_to(vm, 4, cmd="otter upgrade")
+    reboot(vm)
+    for i in (1, 2, 3):
+        vm.expect(rf"otter: saved bootcount={i} ", 60, f"U-Boot to count try {i}")
+        vm.expect(r"Kernel panic - not syncing", 90, f"v4 to panic (try {i})", fail=r"OTTER-BOOTED")
+    vm.expect(r"otter: booting entry rollback", 60)
+    boot_expect(vm, 2)
+    vm.expect(r"OTTER-DETECT rc=0", 60, "otter rollback (detect-fallback) to succeed")
+    vm.sh("sync")
+    vm.kill()
+    env = fat_env(disk, ctx.dir)
+    if env.get("upgrade_available") == "1":
+        raise RigError(f"kernel-panic: counter still armed after the fallback: {env}")
+
+
 SCENARIOS = {
     "boot": scenario_boot,
+    "update": scenario_update,
+    "rollback": scenario_rollback,
+    "power-cut": scenario_power_cut,
+    "usb": scenario_usb,
     "kernel-panic": scenario_kernel_panic,
 }
+ALL = ["update", "rollback", "power-cut", "usb", "kernel-panic"]
 
 
 def main(argv):
@@ -778,7 +1207,7 @@ def main(argv):
         return 2
     need_tools()
     os.makedirs(CACHE, exist_ok=True)
-    names = list(SCENARIOS) if argv[0] == "all" else [argv[0]]
+    names = ALL if argv[0] == "all" else [argv[0]]
     logroot = os.path.join(CACHE, "logs", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(logroot)
     t0 = time.time()

@@ -168,6 +168,17 @@ pub fn write_uenv(loader_dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// What a deploy calls after writing the entries of a new loader directory (`boot/loader.N`,
+/// before the `boot/loader` swap): if the sysroot boots with U-Boot's uEnv.txt (ostree's own
+/// auto-detection: `boot/loader/uEnv.txt` exists), write the new directory's uEnv.txt too.
+/// Returns the file written, or None for sysroots that do not use uEnv.txt.
+pub fn sync_uenv(sysroot: &Path, new_loader_dir: &Path) -> Result<Option<PathBuf>> {
+    if !sysroot.join("boot/loader/uEnv.txt").exists() {
+        return Ok(None);
+    }
+    write_uenv(new_loader_dir).map(Some)
+}
+
 /// Add the arguments of `args` that the options line lacks (matched by the part before `=`).
 /// Returns the new options line, or None if nothing was missing.
 pub fn merge_kargs(options: &str, args: &[String]) -> Option<String> {

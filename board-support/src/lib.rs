@@ -9,7 +9,7 @@ pub mod ini;
 mod profile;
 
 pub use apply::{apply_to_sysroot, Applied};
-pub use bls::{read_entries, render_uenv, write_uenv, BlsEntry};
+pub use bls::{read_entries, render_uenv, sync_uenv, write_uenv, BlsEntry};
 pub use profile::{
     builtin_names, builtin_text, parse_fw_env_config, Arch, Bootloader, EntryStyle, FwEnvLine,
     Grub, PartType, Partition, PartitionTable, Profile, Size, UBoot, BUILTIN,
