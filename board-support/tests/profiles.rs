@@ -109,8 +109,8 @@ fn broken_profiles_are_rejected_with_where_and_why() {
             "symlinks",
         ),
         (
-            "rw panic=1\n",
-            "rw panic=1 ostree=/x\n",
+            "panic=1 quiet\n",
+            "panic=1 quiet ostree=/x\n",
             "must not contain ostree=",
         ),
         ("[layout]", "[layuot]", "missing section [layout]"),
