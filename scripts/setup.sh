@@ -37,6 +37,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# The QEMU rig (qemu-tests/) fetches the arm64 kernel and busybox-static with
+# `apt-get download PKG:arm64`, which needs arm64 as a dpkg foreign architecture (no arm64
+# package gets installed).
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  echo "== dpkg --add-architecture arm64 (for qemu-tests' apt-get download of arm64 packages)"
+  { $sudo dpkg --add-architecture arm64 && $sudo apt-get update; } >"$log.arm64" 2>&1 </dev/null \
+    || { tail -n 20 "$log.arm64"; echo "setup: enabling arm64 packages failed" >&2; exit 1; }
+fi
+
 if ! rustup target list --installed | grep -qx aarch64-unknown-linux-musl; then
   echo "== rustup target add aarch64-unknown-linux-musl"
   rustup target add aarch64-unknown-linux-musl >"$log.rustup" 2>&1 || { cat "$log.rustup"; exit 1; }
