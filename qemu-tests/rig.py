@@ -772,16 +772,17 @@ def oci_images():
                 versioned.append(f"usr/lib/modules/{kver}/initramfs.img")
             layers = []
             if base_layer is None:
+                # Every directory, plus every other entry that is not version-specific.
+                common = []
+                for r, dirs, fs in os.walk(tree):
+                    for n in dirs + fs:
+                        rel = os.path.relpath(os.path.join(r, n), tree)
+                        is_dir = os.path.isdir(os.path.join(r, n)) and not os.path.islink(
+                            os.path.join(r, n))
+                        if is_dir or rel not in versioned:
+                            common.append(rel)
                 gz = os.path.join(d, "base.tar.gz")
-                diff = tar_tree(tree, gz, only=None if False else [
-                    os.path.relpath(os.path.join(r, n), tree)
-                    for r, dirs, fs in os.walk(tree) for n in dirs + fs
-                    if os.path.relpath(os.path.join(r, n), tree) not in versioned
-                    and not (os.path.isdir(os.path.join(r, n))
-                             and not os.path.islink(os.path.join(r, n)))] + [
-                    os.path.relpath(os.path.join(r, n), tree)
-                    for r, dirs, fs in os.walk(tree) for n in dirs
-                    if not os.path.islink(os.path.join(r, n))])
+                diff = tar_tree(tree, gz, only=common)
                 with open(gz, "rb") as f:
                     base_layer = (blob(layout, f.read()), diff)
             layers.append(base_layer)
@@ -1197,7 +1198,7 @@ SCENARIOS = {
     "usb": scenario_usb,
     "kernel-panic": scenario_kernel_panic,
 }
-ALL = ["update", "rollback", "power-cut", "usb", "kernel-panic"]
+ALL = ["update", "rollback", "power-cut", "kernel-panic", "usb"]
 
 
 def main(argv):
@@ -1213,21 +1214,48 @@ def main(argv):
     t0 = time.time()
     base_disk()
     log(f"artifacts ready in {time.time() - t0:.0f}s (logs: {logroot})")
+    if argv[0] == "all" and "otter" in otter_binaries() and otter_install_works():
+        oci_images()
     results = []
-    for n in names:
+
+    def one(n):
         wd = os.path.join(logroot, n)
         os.makedirs(wd)
         ctx = Ctx(n, wd)
         t = time.time()
         try:
             SCENARIOS[n](ctx)
-            results.append((n, "PASS", time.time() - t, ""))
+            r = (n, "PASS", time.time() - t, "")
         except (RigError, AssertionError) as e:
-            results.append((n, "FAIL", time.time() - t, str(e)))
+            r = (n, "FAIL", time.time() - t, str(e))
+        except Exception as e:  # a bug in the rig: report it, keep the others going
+            r = (n, "FAIL", time.time() - t, f"rig error: {type(e).__name__}: {e}")
         finally:
             ctx.cleanup()
-        r = results[-1]
+        results.append(r)
         log(f"{r[0]}: {r[1]} in {r[2]:.0f}s" + (f"\n{r[3]}" if r[3] else ""))
+
+    # `update` first (rollback and kernel-panic continue from its disk), then two at a time
+    # (TCG runs one vCPU per QEMU process; CI has 2 cores).
+    jobs = int(os.environ.get("OTTER_RIG_JOBS", "2"))
+    queue = [n for n in names if n == "update"] + [n for n in names if n != "update"]
+    if queue and queue[0] == "update" and len(queue) > 1:
+        one(queue.pop(0))
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                if not queue:
+                    return
+                n = queue.pop(0)
+            one(n)
+
+    threads = [threading.Thread(target=worker) for _ in range(jobs)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
     print("\n== qemu-tests summary")
     for n, res, secs, _ in results:
         print(f"  {n:<14} {res}  {secs:5.0f}s")
