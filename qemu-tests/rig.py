@@ -413,7 +413,14 @@ def os_tree(version, dest, health="ok"):
     w("usr/etc/group", "root:x:0:\n")
     w("usr/etc/profile", "export PATH=/usr/bin:/bin\nexport PS1='otter# '\n")
     w("usr/share/otter-test/version", f"{version}\n")
-    w(f"usr/share/otter-test/payload-v{version}", f"payload of version {version}\n" * 64)
+    # 512 KiB that does not compress: makes the per-version layer big enough to cut the power
+    # in the middle of its download.
+    payload, h = bytearray(), hashlib.sha256(f"payload v{version}".encode()).digest()
+    while len(payload) < 512 * 1024:
+        h = hashlib.sha256(h).digest()
+        payload += h
+    with open(os.path.join(dest, f"usr/share/otter-test/payload-v{version}"), "wb") as f:
+        f.write(payload)
     # Health checks: executables without .sh (otter-boot runs *.sh with bash; this OS has ash).
     w("usr/lib/greenboot/check/required.d/10-version",
       f"#!/bin/sh\ntest \"$(cat /usr/share/otter-test/version)\" = {version}\n", 0o755)
@@ -1002,10 +1009,20 @@ def upgrade_to(vm, version, cmd=None):
     if f"version: {version}" not in st.lower() and f"version {version}" not in st.lower():
         log(f"{vm.name}: otter status after staging:\n{st}")
     _, uenv = vm.sh("head -n 3 /boot/loader/uEnv.txt")
-    _, fw = vm.sh("fw_printenv -c /etc/fw_env.config 2>/dev/null || otter-boot status")
-    if "upgrade_available=1" not in fw:
-        raise RigError(f"{vm.name}: boot counter not armed after staging v{version}:\n{fw}")
-    return uenv
+    return uenv, check_armed(vm, f"staging v{version}")
+
+
+def check_armed(vm, after):
+    """The agent must arm the boot counter when it stages a deployment. OTTER_RIG_LENIENT=1
+    arms it from the rig instead (to exercise the rest of a scenario while that is missing)."""
+    _, fw = vm.sh("fw_printenv -c /etc/fw_env.config")
+    if "upgrade_available=1" in fw:
+        return True
+    if os.environ.get("OTTER_RIG_LENIENT") == "1":
+        log(f"{vm.name}: LENIENT: counter not armed after {after}; arming with otter-boot arm")
+        vm.sh("otter-boot arm")
+        return False
+    raise RigError(f"{vm.name}: boot counter not armed after {after}:\n{fw}")
 
 
 def disk_state(ctx, disk):
@@ -1113,11 +1130,11 @@ def scenario_power_cut(ctx):
     need_otter()
     registry_with(ctx, stable=2)
     disk = overlay(base_disk(), os.path.join(ctx.dir, "disk.qcow2"))
-    slow = ("sed 's/^\\[registry\\]$/[registry]\\nbandwidth-limit = 20000/' "
-            "/etc/otter/otter.conf > /tmp/slow.conf")
+    slow_conf = OTTER_CONF.replace("[registry]\n", "[registry]\nbandwidth-limit = 100000\n")
+    slow = "printf '" + slow_conf.replace("\n", "\\n") + "' > /tmp/slow.conf"
     for phase, conf, pattern in [
-            ("download", "/tmp/slow.conf", r'"(phase|stage|event)":\s*"(fetch|download)'),
-            ("deploy", "/etc/otter/otter.conf", r'"(phase|stage|event)":\s*"(deploy)')]:
+            ("download", "/tmp/slow.conf", r'"event":\s*"bytes"'),
+            ("deploy", "/etc/otter/otter.conf", r'"event":\s*"deploy"')]:
         vm = ctx.vm(disk, registry_port=ctx.registry.port)
         boot_expect(vm, 1)
         vm.expect(r"OTTER-CHECK rc=0", 5, "v1 healthy")
@@ -1158,9 +1175,7 @@ def scenario_usb(ctx):
     boot_expect(vm, 1)
     vm.sh("ls /media/usb/os")
     vm.sh("otter import oci:/media/usb/os:v2", timeout=300)
-    _, fw = vm.sh("fw_printenv -c /etc/fw_env.config")
-    if "upgrade_available=1" not in fw:
-        raise RigError(f"usb: counter not armed after import:\n{fw}")
+    check_armed(vm, "otter import")
     reboot(vm)
     boot_expect(vm, 2, counted=1)
     vm.expect(r"OTTER-CHECK rc=0", 60)
