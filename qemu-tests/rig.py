@@ -315,7 +315,7 @@ ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up && ip route add default
 . /usr/lib/os-release
 echo "OTTER-OS version=$VERSION_ID"
 if [ -x /etc/otter/rig-boot.sh ]; then /etc/otter/rig-boot.sh; fi
-echo "OTTER-BOOTED version=$VERSION_ID"
+echo "OTTER-BOOTED version=$VERSION_ID check=$(cat /run/otter-check-rc 2>/dev/null || echo none)"
 """
 
 # Run at the end of rcS: what systemd units (otter-boot-detect-fallback, otter-boot-check) do
@@ -323,7 +323,7 @@ echo "OTTER-BOOTED version=$VERSION_ID"
 RIG_BOOT = r"""#!/bin/sh
 if [ -x /usr/bin/otter-boot ]; then
     otter-boot detect-fallback; echo "OTTER-DETECT rc=$?"
-    otter-boot check; echo "OTTER-CHECK rc=$?"
+    otter-boot check; rc=$?; echo "OTTER-CHECK rc=$rc"; echo $rc > /run/otter-check-rc
     otter-boot status
 fi
 """
@@ -616,7 +616,7 @@ class Vm:
             time.sleep(0.01)
 
     def wait_booted(self, timeout=120):
-        m = self.expect(r"OTTER-BOOTED version=(\d+)", timeout, "the OS to finish booting",
+        m = self.expect(r"OTTER-BOOTED version=(\d+) ", timeout, "the OS to finish booting",
                         fail=r"Kernel panic|prepare-root: ERROR")
         self.boots += 1
         time.sleep(0.3)
@@ -987,13 +987,24 @@ def registry_with(ctx, stable):
     return reg
 
 
-def boot_expect(vm, version, counted=None, timeout=150):
-    """Wait for `version` to boot; `counted`: the bootcount U-Boot must have saved on the way."""
+def boot_expect(vm, version, counted=None, then=(), check="0", timeout=150):
+    """Wait for `version` to boot: U-Boot saved bootcount `counted` (if given), the console
+    lines `then` in order, and the final marker with otter-boot check's exit code `check`."""
     if counted is not None:
         vm.expect(rf"otter: saved bootcount={counted} ", timeout, f"U-Boot to count try {counted}")
-    v = vm.wait_booted(timeout)
+    vm.expect(rf"OTTER-OS version=(\d+)", timeout, "the OS to start", fail=r"Kernel panic")
+    for p in then:
+        vm.expect(p, 120, p, fail=r"OTTER-BOOTED")
+    m = vm.expect(r"OTTER-BOOTED version=(\d+) check=(\S+)", 120, "the OS to finish booting",
+                  fail=r"Kernel panic|prepare-root: ERROR")
+    vm.boots += 1
+    time.sleep(0.3)
+    v, rc = int(m.group(1)), m.group(2).decode()
     if v != version:
         raise RigError(f"{vm.name}: booted v{v}, expected v{version}\n{vm.tail()}")
+    if check is not None and rc != check:
+        raise RigError(f"{vm.name}: v{v}: otter-boot check exited {rc}, expected {check}\n"
+                       f"{vm.tail()}")
     return v
 
 
@@ -1004,7 +1015,7 @@ def reboot(vm):
 
 def upgrade_to(vm, version, cmd=None):
     """Stage `version` (the registry's `stable`) and check that it is pending."""
-    vm.sh(cmd or f"otter switch {IMAGE}", timeout=400)
+    vm.sh(cmd or f"otter --progress log switch {IMAGE}", timeout=600)
     _, st = vm.sh("otter status", check=False)
     if f"version: {version}" not in st.lower() and f"version {version}" not in st.lower():
         log(f"{vm.name}: otter status after staging:\n{st}")
@@ -1015,7 +1026,7 @@ def upgrade_to(vm, version, cmd=None):
 def check_armed(vm, after):
     """The agent must arm the boot counter when it stages a deployment. OTTER_RIG_LENIENT=1
     arms it from the rig instead (to exercise the rest of a scenario while that is missing)."""
-    _, fw = vm.sh("fw_printenv -c /etc/fw_env.config")
+    _, fw = vm.sh("otter-boot status")
     if "upgrade_available=1" in fw:
         return True
     if os.environ.get("OTTER_RIG_LENIENT") == "1":
@@ -1067,13 +1078,10 @@ def scenario_update(ctx):
     disk = overlay(base_disk(), os.path.join(ctx.dir, "disk.qcow2"))
     vm = ctx.vm(disk, registry_port=ctx.registry.port)
     boot_expect(vm, 1)
-    vm.expect(r"OTTER-CHECK rc=0", 5, "v1 healthy")
     upgrade_to(vm, 2)
     reboot(vm)
-    boot_expect(vm, 2, counted=1)
-    vm.expect(r"OTTER-GREEN", 30, "v2's health check to pass")
-    vm.expect(r"OTTER-CHECK rc=0", 30, "otter-boot check")
-    _, fw = vm.sh("fw_printenv -c /etc/fw_env.config")
+    boot_expect(vm, 2, counted=1, then=[r"OTTER-GREEN"])
+    _, fw = vm.sh("otter-boot status")
     if "upgrade_available=1" in fw:
         raise RigError(f"update: v2 not marked good:\n{fw}")
     _, st = vm.sh("otter status")
@@ -1098,25 +1106,23 @@ def scenario_rollback(ctx):
     registry_with(ctx, stable=3)
     vm = ctx.vm(disk, registry_port=ctx.registry.port)
     boot_expect(vm, 2)
-    upgrade_to(vm, 3, cmd="otter upgrade")
+    upgrade_to(vm, 3, cmd="otter --progress log upgrade")
     reboot(vm)
     for i in (1, 2, 3):
-        boot_expect(vm, 3, counted=i)
-        vm.expect(r"OTTER-RED", 60, f"v3's health check to fail (try {i})")
+        vm.expect(rf"otter: saved bootcount={i} ", 150, f"U-Boot to count try {i} of v3")
+        vm.expect(r"OTTER-OS version=3", 120, f"v3 to start (try {i})")
+        vm.expect(r"OTTER-RED", 60, f"v3's health check to fail (try {i})", fail="OTTER-BOOTED")
     vm.expect(r"otter: boot counter exhausted", 120, "U-Boot to give up on v3")
     vm.expect(r"otter: booting entry rollback", 10)
-    boot_expect(vm, 2)
-    vm.expect(r"FALLBACK BOOT DETECTED", 5)
-    vm.expect(r"OTTER-DETECT rc=0", 60, "otter rollback (detect-fallback) to succeed")
-    vm.expect(r"OTTER-CHECK rc=0", 60)
+    boot_expect(vm, 2, then=[r"FALLBACK BOOT DETECTED", r"OTTER-DETECT rc=0"])
     _, rb = vm.sh("cat /var/lib/otter/rollback.json")
     _, st = vm.sh("otter status")
     log(f"rollback: rollback.json {rb.strip()}\notter status:\n{st}")
     # Permanent: the next boot is v2 from the default entry, without counting.
     reboot(vm)
     vm.expect(r"otter: booting entry default", 60)
-    boot_expect(vm, 2)
-    _, fw = vm.sh("fw_printenv -c /etc/fw_env.config")
+    boot_expect(vm, 2, then=[r"otter-boot: no fallback"])
+    _, fw = vm.sh("otter-boot status")
     if "upgrade_available=1" in fw:
         raise RigError(f"rollback: counter still armed:\n{fw}")
     vm.sh("sync")
@@ -1137,7 +1143,6 @@ def scenario_power_cut(ctx):
             ("deploy", "/etc/otter/otter.conf", r'"event":\s*"deploy"')]:
         vm = ctx.vm(disk, registry_port=ctx.registry.port)
         boot_expect(vm, 1)
-        vm.expect(r"OTTER-CHECK rc=0", 5, "v1 healthy")
         vm.sh(slow)
         vm.send(f"otter --config {conf} --progress json switch {IMAGE}")
         vm.expect(pattern, 300, f"otter to reach the {phase} phase")
@@ -1145,12 +1150,10 @@ def scenario_power_cut(ctx):
         log(f"power-cut: killing QEMU during {phase}")
         vm.kill()
     vm = ctx.vm(disk, registry_port=ctx.registry.port)
-    boot_expect(vm, 1)
-    vm.expect(r"OTTER-CHECK rc=0", 5, "v1 still healthy after two power cuts")
+    boot_expect(vm, 1)  # still v1 and healthy after two power cuts
     upgrade_to(vm, 2)
     reboot(vm)
     boot_expect(vm, 2, counted=1)
-    vm.expect(r"OTTER-CHECK rc=0", 60)
     vm.sh("sync")
     vm.kill()
     fsck, _ = disk_state(ctx, disk)
@@ -1174,11 +1177,10 @@ def scenario_usb(ctx):
     vm = ctx.vm(disk, usb=usb_disk(ctx, 2))
     boot_expect(vm, 1)
     vm.sh("ls /media/usb/os")
-    vm.sh("otter import oci:/media/usb/os:v2", timeout=300)
+    vm.sh("otter --progress log import oci:/media/usb/os:v2", timeout=600)
     check_armed(vm, "otter import")
     reboot(vm)
     boot_expect(vm, 2, counted=1)
-    vm.expect(r"OTTER-CHECK rc=0", 60)
     vm.kill()
 
 
@@ -1190,14 +1192,13 @@ def scenario_kernel_panic_otter(ctx):
     registry_with(ctx, stable=4)
     vm = ctx.vm(disk, registry_port=ctx.registry.port)
     boot_expect(vm, 2)
-    upgrade_to(vm, 4, cmd="otter upgrade")
+    upgrade_to(vm, 4, cmd="otter --progress log upgrade")
     reboot(vm)
     for i in (1, 2, 3):
         vm.expect(rf"otter: saved bootcount={i} ", 60, f"U-Boot to count try {i}")
         vm.expect(r"Kernel panic - not syncing", 90, f"v4 to panic (try {i})", fail=r"OTTER-BOOTED")
     vm.expect(r"otter: booting entry rollback", 60)
-    boot_expect(vm, 2)
-    vm.expect(r"OTTER-DETECT rc=0", 60, "otter rollback (detect-fallback) to succeed")
+    boot_expect(vm, 2, then=[r"FALLBACK BOOT DETECTED", r"OTTER-DETECT rc=0"])
     vm.sh("sync")
     vm.kill()
     env = fat_env(disk, ctx.dir)
