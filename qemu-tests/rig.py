@@ -261,7 +261,7 @@ def uboot_bits():
     """boot.scr (mkimage), the pflash env that makes Debian's U-Boot run it, the initial
     uboot.env for the FAT partition."""
     src = boot_script_source()
-    st = Step("uboot", digest(src, UBOOT_BIN, __file__))
+    st = Step("uboot", digest(src, UBOOT_BIN, "uboot-format-1"))
     if not st.fresh():
         d = st.begin()
         log(f"building boot.scr from {os.path.relpath(src, REPO)}")
@@ -438,6 +438,8 @@ def os_tree(version, dest, health="ok"):
 
 
 VERSIONS = {1: "ok", 2: "ok", 3: "fail", 4: "panic"}
+# Bump when os_tree(), the disk layout or the install steps change (cache key of the images).
+IMAGE_FORMAT = ("image-format-1", RCS, RIG_BOOT, OTTER_CONF, INITTAB, tuple(VERSIONS.items()))
 
 
 def otter_board(*args):
@@ -538,12 +540,14 @@ class Vm:
              "-nographic", "-monitor", "none", "-serial", "stdio",
              "-bios", UBOOT_BIN,
              "-drive", f"if=pflash,format=raw,index=1,readonly=on,file={ub}/flash1.img",
-             "-drive", f"if=none,id=d0,format=qcow2,file={self.disk}",
-             "-device", "virtio-blk-device,drive=d0",
              "-netdev", net, "-device", "virtio-net-device,netdev=n0"]
         if self.usb:
+            # virtio-mmio devices are found in reverse command-line order: the stick goes first
+            # so that the system disk stays `virtio 0` / vda.
             c += ["-drive", f"if=none,id=d1,format=raw,readonly=on,file={self.usb}",
                   "-device", "virtio-blk-device,drive=d1"]
+        c += ["-drive", f"if=none,id=d0,format=qcow2,file={self.disk}",
+              "-device", "virtio-blk-device,drive=d0"]
         return c
 
     def start(self):
@@ -660,7 +664,7 @@ def disk_for(versions=(1,), arm=False):
     bins = otter_binaries()
     use_otter = "otter" in bins and os.environ.get("OTTER_RIG_PLACEHOLDER") != "1" and \
         otter_install_works() and list(versions) == [1] and not arm
-    key = digest(kdir, initramfs(), initramfs(broken=True), uboot_bits(), __file__,
+    key = digest(kdir, initramfs(), initramfs(broken=True), uboot_bits(), IMAGE_FORMAT,
                  os.path.join(REPO, "board-support/boards", BOARD + ".conf"),
                  *bins.values(), use_otter, versions, arm)
     name = "base-" + "-".join(map(str, versions)) + ("-armed" if arm else "")
@@ -757,7 +761,7 @@ def oci_images():
     (busybox, kernel, initramfs) and a small per-version layer, as an OS build would have."""
     kdir, kver = kernel()
     bins = otter_binaries()
-    key = digest(kdir, initramfs(), initramfs(broken=True), __file__, *bins.values())
+    key = digest(kdir, initramfs(), initramfs(broken=True), IMAGE_FORMAT, *bins.values())
     st = Step("oci", key)
     if not st.fresh():
         d = st.begin()
