@@ -1142,15 +1142,36 @@ def scenario_power_cut(ctx):
     disk = overlay(base_disk(), os.path.join(ctx.dir, "disk.qcow2"))
     slow_conf = OTTER_CONF.replace("[registry]\n", "[registry]\nbandwidth-limit = 100000\n")
     slow = "printf '" + slow_conf.replace("\n", "\\n") + "' > /tmp/slow.conf"
+    bytes_rx = r'"event":"bytes","digest":"(sha256:[0-9a-f]+)","done":(\d+),"total":(\d+)'
+    cut_at = {}
     for phase, conf, pattern in [
-            ("download", "/tmp/slow.conf", r'"event":\s*"bytes"'),
-            ("deploy", "/etc/otter/otter.conf", r'"event":\s*"deploy"')]:
+            # at least 100 kB into a layer that is bigger than 1 MB
+            ("download", "/tmp/slow.conf",
+             r'"event":"bytes","digest":"(sha256:[0-9a-f]+)","done":(\d{6,}),"total":(\d{7,})'),
+            ("deploy", "/etc/otter/otter.conf", r'"event":"deploy"')]:
         vm = ctx.vm(disk, registry_port=ctx.registry.port)
         boot_expect(vm, 1)
         vm.sh(slow)
-        vm.send(f"otter --config {conf} --progress json switch {IMAGE}")
-        vm.expect(pattern, 300, f"otter to reach the {phase} phase")
-        time.sleep(0.5 if phase == "download" else 0.05)
+        start = vm.mark
+        vm.send(f"otter --config {conf} --progress json switch {IMAGE} &")
+        m = vm.expect(pattern, 300, f"otter to reach the {phase} phase")
+        if phase == "download":
+            # What the kernel's periodic writeback would have persisted by now (a power cut
+            # loses only the guest's dirty page cache).
+            vm.send("sync")
+            time.sleep(1.0)
+            cut_at = {"digest": m.group(1).decode(), "done": int(m.group(2))}
+        else:
+            # The download must have resumed where the power cut left it, not from zero.
+            firsts = [mm for mm in re.finditer(bytes_rx.encode(), vm.buf[start:])
+                      if mm.group(1).decode() == cut_at["digest"]]
+            if not firsts or int(firsts[0].group(2)) < cut_at["done"] // 2:
+                got = firsts[0].group(0).decode() if firsts else "no bytes events"
+                raise RigError(f"power-cut: download of {cut_at['digest']} did not resume after "
+                               f"the cut at {cut_at['done']} bytes: first event {got}")
+            log(f"power-cut: download resumed at {int(firsts[0].group(2))} bytes "
+                f"(cut at {cut_at['done']})")
+        time.sleep(0.05)
         log(f"power-cut: killing QEMU during {phase}")
         vm.kill()
     vm = ctx.vm(disk, registry_port=ctx.registry.port)
