@@ -629,6 +629,10 @@ impl Sysroot {
             let file = entries_dir.join(format!("ostree-{}-{}.conf", n - i, d.stateroot));
             write_atomic(&file, entry.to_text().as_bytes(), 0o644)?;
         }
+        // U-Boot boards boot from ostree's uEnv.txt (default + rollback entry); like ostree's
+        // uboot backend it is regenerated when the current loader has one.
+        otter_board::sync_uenv(&self.path, &loader_dir)
+            .with_context(|| format!("writing uEnv.txt in {}", loader_dir.display()))?;
         fsync_dir(&loader_dir)?;
 
         // Bootlinks for the new boot version.
