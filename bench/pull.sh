@@ -56,7 +56,7 @@ measure() { # name, command...: prints "seconds peak_kib"
   local out=$work/$1.time
   shift
   sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-  /usr/bin/time -f "%e %M" -o "$out" "$@" >"$work/cmd.log" 2>&1 || { cat "$work/cmd.log"; exit 1; }
+  /usr/bin/time -f "%e %M" -o "$out" "$@" >"$work/cmd.log" 2>&1 || { cat "$work/cmd.log" >&2; kill $$; exit 1; }
   cat "$out"
 }
 read -r otter_s otter_kib < <(measure otter "$otter" --config "$work/otter.conf" install \
