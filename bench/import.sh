@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Import benchmark: one real OS image (Debian bookworm minbase + common packages, a few hundred MB,
-# thousands of files) as a one-layer gzip OCI image.
+# Import benchmark: one real OS image (Debian bookworm arm64 with a kernel, ~545 MB tree,
+# thousands of files; made by mmdebstrap) as a one-layer gzip OCI image.
 #   otter:  `otter install` (verify blob digest, decompress, import into a bare repo, deploy)
 #   ostree: `ostree commit --tree=tar=` of the same gzip layer into a bare repo, then
 #           `ostree admin deploy` of that commit (the same two jobs, done by the real tool)
@@ -12,20 +12,21 @@ command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get insta
 
 cache=bench/.cache
 mkdir -p "$cache"
-rootfs_tar=$cache/bookworm.tar
+rootfs_tar=$cache/A.tar   # shared with bench/pull.sh and bench/delta.sh
 if [ ! -s "$rootfs_tar" ]; then
-  echo "== building the bench image with mmdebstrap (once, cached in $cache)"
-  mmdebstrap --variant=minbase --include=systemd,udev,iproute2,openssh-server,python3,curl,ca-certificates \
-    bookworm "$cache/bookworm.part.tar" >"$cache/mmdebstrap.log" 2>&1
-  mv "$cache/bookworm.part.tar" "$rootfs_tar"
+  echo "== building the arm64 bench rootfs with mmdebstrap (once, cached in $cache)"
+  mmdebstrap --variant=extract --arch=arm64 --include=linux-image-arm64,openssh-server,curl,ca-certificates \
+    bookworm "$cache/A.part.tar" >"$cache/A.log" 2>&1
+  mv "$cache/A.part.tar" "$rootfs_tar"
 fi
-layout=$cache/layout
+layout=$cache/pull-layout
 if [ ! -d "$layout" ]; then
   rm -rf "$layout.part"
   umoci init --layout "$layout.part"
   umoci new --image "$layout.part:bench"
   umoci raw add-layer --image "$layout.part:bench" "$rootfs_tar"
-  umoci config --image "$layout.part:bench" --config.label org.opencontainers.image.version=1
+  umoci config --image "$layout.part:bench" --architecture arm64 --os linux \
+    --config.label org.opencontainers.image.version=1
   mv "$layout.part" "$layout"
 fi
 cargo build --release -q -p otter
@@ -33,18 +34,20 @@ otter=target/release/otter
 layer=$(find "$layout/blobs/sha256" -type f -size +10M | head -n1)
 
 work=$(mktemp -d /var/tmp/otter-bench.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 measure() { # name, command...: prints "seconds peak_kib"
   local out=$work/$1.time
   shift
   sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-  /usr/bin/time -f "%e %M" -o "$out" "$@" >"$work/cmd.log" 2>&1 || { cat "$work/cmd.log"; exit 1; }
+  /usr/bin/time -f "%e %M" -o "$out" "$@" >"$work/cmd.log" 2>&1 || { cat "$work/cmd.log" >&2; kill $$; exit 1; }
   cat "$out"
 }
 
-read -r otter_s otter_kib < <(measure otter "$otter" install --sysroot "$work/otter-sysroot" \
+printf '[update]\nplatform = linux/arm64\n' >"$work/otter.conf"
+read -r otter_s otter_kib < <(measure otter "$otter" --config "$work/otter.conf" install --sysroot "$work/otter-sysroot" \
   --no-signature-verification "oci:$layout:bench")
 
+mkdir -p "$work/ostree-sysroot"
 ostree admin init-fs "$work/ostree-sysroot" >/dev/null
 ostree admin os-init --sysroot="$work/ostree-sysroot" default >/dev/null
 repo=$work/ostree-sysroot/ostree/repo

@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
 echo "== building otter"
-cargo build -p otter --quiet
+cargo build -p otter --features publish --bins --quiet
 otter="$PWD/target/debug/otter"
+publish="$PWD/target/debug/otter-publish"
 
 work=${1:-$(mktemp -d /tmp/otter-demo.XXXXXX)}
 mkdir -p "$work"
@@ -45,39 +46,59 @@ build_version() { # VERSION
   umoci config --image "$img" --config.label "org.opencontainers.image.version=$v"
 }
 
-say "building the OS image (OCI layout $layout, tags v1 and v2)"
+say "building the OS image (OCI layout $layout, tags v1, v2 and v3)"
 rm -rf "$layout" "$work"/bundle-v*
 umoci init --layout "$layout"
 build_version 1
 build_version 2
+build_version 3
 run skopeo inspect --format '{{.Digest}} version={{index .Labels "org.opencontainers.image.version"}}' "oci:$layout:v1"
 
-say "install v1 into an empty sysroot"
+say "sign v1 and v2 with a minisign key (v3 stays unsigned); the device trusts only this key"
+rm -rf "$work/keys" && mkdir -p "$work/keys"
+run "$publish" keygen --out "$work/keys/vendor"
+run "$publish" sign --key "$work/keys/vendor.key" "oci:$layout:v1"
+run "$publish" sign --key "$work/keys/vendor.key" "oci:$layout:v2"
+trust=(--trusted-keys "$work/keys")
+
+say "configuration: boot counting in a GRUB environment block (docs/config.md, docs/boot.md)"
+conf="$work/otter.conf"
+printf '[boot]\nbackend = grubenv:/boot/grub2/grubenv\ntries = 3\n' >"$conf"
+run cat "$conf"
+
+say "install v1 into an empty sysroot (first deployment: nothing to fall back to, not armed)"
 rm -rf "$sysroot"
-run "$otter" --sysroot "$sysroot" --no-signature-verification install --stateroot demo --karg console=ttyS0 "oci:$layout:v1"
-run "$otter" --sysroot "$sysroot" status
+run "$otter" --config "$conf" --sysroot "$sysroot" "${trust[@]}" install --stateroot demo --karg console=ttyS0 "oci:$layout:v1"
+run "$otter" --config "$conf" --sysroot "$sysroot" status
 run ostree admin status --sysroot="$sysroot"
 
 say "local configuration change on the running system"
-booted="$sysroot/ostree/deploy/demo/deploy/$("$otter" --sysroot "$sysroot" status --json | jq -r '.deployments[0] | "\(.checksum).\(.serial)"')"
+booted="$sysroot/ostree/deploy/demo/deploy/$("$otter" --config "$conf" --sysroot "$sysroot" status --json | jq -r '.deployments[0] | "\(.checksum).\(.serial)"')"
 echo "my-device" >"$booted/etc/hostname"
 run cat "$booted/etc/hostname"
 
 say "upgrade check (same image: nothing to do, exit 77)"
-set +e; "$otter" --sysroot "$sysroot" --no-signature-verification upgrade --check; echo "exit code $?"; set -e
+set +e; "$otter" --config "$conf" --sysroot "$sysroot" "${trust[@]}" upgrade --check; echo "exit code $?"; set -e
 
 say "switch to v2"
-run "$otter" --sysroot "$sysroot" --no-signature-verification switch "oci:$layout:v2"
-run "$otter" --sysroot "$sysroot" status
+run "$otter" --config "$conf" --sysroot "$sysroot" "${trust[@]}" switch "oci:$layout:v2"
+run "$otter" --config "$conf" --sysroot "$sysroot" status
 run ostree admin status --sysroot="$sysroot"
-new="$sysroot/ostree/deploy/demo/deploy/$("$otter" --sysroot "$sysroot" status --json | jq -r '.deployments[0] | "\(.checksum).\(.serial)"')"
+new="$sysroot/ostree/deploy/demo/deploy/$("$otter" --config "$conf" --sysroot "$sysroot" status --json | jq -r '.deployments[0] | "\(.checksum).\(.serial)"')"
 echo "/etc in the new deployment: hostname (edited, kept) and motd (untouched, new default):"
 run cat "$new/etc/hostname" "$new/etc/motd"
 run cat "$sysroot"/boot/loader/entries/ostree-2-demo.conf
+echo "the boot counter is armed for v2 (read with GRUB's own tool):"
+run grub-editenv "$sysroot/boot/grub2/grubenv" list
 
-say "roll back to v1"
-run "$otter" --sysroot "$sysroot" rollback
-run "$otter" --sysroot "$sysroot" status --json
+say "an unsigned image is refused (exit 3) and nothing changes"
+set +e; "$otter" --config "$conf" --sysroot "$sysroot" "${trust[@]}" switch "oci:$layout:v3"; echo "exit code $?"; set -e
+run ostree admin status --sysroot="$sysroot"
+
+say "roll back to v1 (ends the trial of v2)"
+run "$otter" --config "$conf" --sysroot "$sysroot" rollback
+run grub-editenv "$sysroot/boot/grub2/grubenv" list
+run "$otter" --config "$conf" --sysroot "$sysroot" status --json
 run ostree admin status --sysroot="$sysroot"
 run ostree fsck --repo="$sysroot/ostree/repo"
 

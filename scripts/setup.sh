@@ -9,7 +9,7 @@ packages=(
   ostree skopeo umoci minisign zstd jq openssl ca-certificates
   grub-common libubootenv-tool u-boot-tools
   docker-registry apache2-utils mosquitto mosquitto-clients systemd tzdata
-  qemu-system-arm u-boot-qemu dosfstools mtools e2fsprogs fdisk busybox-static cpio
+  qemu-system-arm qemu-utils u-boot-qemu dosfstools mtools e2fsprogs fdisk busybox-static cpio
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross time python3 python3-venv
   systemd-boot qemu-efi-aarch64
 )
@@ -38,15 +38,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# The QEMU rig (qemu-tests/) fetches the arm64 kernel and busybox-static with
+# `apt-get download PKG:arm64`, which needs arm64 as a dpkg foreign architecture (no arm64
+# package gets installed).
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  echo "== dpkg --add-architecture arm64 (for qemu-tests' apt-get download of arm64 packages)"
+  { $sudo dpkg --add-architecture arm64 && $sudo apt-get update; } >"$log.arm64" 2>&1 </dev/null \
+    || { tail -n 20 "$log.arm64"; echo "setup: enabling arm64 packages failed" >&2; exit 1; }
+fi
+
 # GRUB's arm64-efi modules for boot-counter/tests/qemu_grub.rs (GRUB under AAVMF). The package
 # exists only for arm64, so it is downloaded as a foreign-architecture .deb and unpacked, not
 # installed.
 grub_arm64=${OTTER_GRUB_ARM64_DIR:-/usr/local/lib/otter-test/grub-arm64-efi}
 if [ ! -e "$grub_arm64/normal.mod" ]; then
   echo "== unpacking grub-efi-arm64-bin:arm64 into $grub_arm64"
-  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-    { $sudo dpkg --add-architecture arm64 && $sudo apt-get update; } >>"$log" 2>&1 </dev/null
-  fi
   tmp=$(mktemp -d)
   if ! { (cd "$tmp" && apt-get download grub-efi-arm64-bin:arm64) && dpkg -x "$tmp"/grub-efi-arm64-bin_*.deb "$tmp/x"; } >>"$log" 2>&1 </dev/null; then
     tail -n 20 "$log"; echo "setup: could not download grub-efi-arm64-bin:arm64 (full log: $log)" >&2; exit 1

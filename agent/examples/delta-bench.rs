@@ -55,7 +55,8 @@ fn main() -> Result<()> {
             let repo = Repo::open(Path::new(repo))?;
             let from: Checksum = from.parse()?;
             let done = otter::delta::apply_dir(&repo, Path::new(dir), &from)?;
-            println!("{}", done.commit);
+            // The tree (content checksum); a device would now write its own commit over it.
+            println!("{}", done.content);
         }
         _ => bail!("usage: delta-bench import REPO TAR SUBJECT | generate REPO FROM TO OUT | apply REPO DIR FROM"),
     }

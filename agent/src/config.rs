@@ -71,44 +71,54 @@ pub struct TrustConfig {
     pub board: Option<String>,
 }
 
-/// `[boot]`
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BootConfig {
-    /// Boot-count backend spec: `grubenv:PATH`, `uboot:FW_ENV_CONFIG`, `bls:DIR`, or `none`.
-    pub backend: String,
-    /// Boot attempts a new deployment gets before the bootloader falls back.
-    pub tries: u32,
-    /// Command `otter-boot` runs to roll back after failed health checks.
-    pub rollback_command: String,
-    /// Command `otter-boot` runs to reboot.
-    pub reboot_command: String,
-    /// Seconds the health checks may take in total.
-    pub check_timeout: u64,
-}
+/// `[boot]`: the boot counter's section, shared with `otter-boot` (which reads the same file).
+/// One parser for both: [`otter_boot::config::BootConfig::set`]. `backend: None` = no boot
+/// counting; `tries: None` = greenboot.conf's `GREENBOOT_MAX_BOOT_ATTEMPTS`, else 3.
+pub type BootConfig = otter_boot::config::BootConfig;
 
-/// `[mqtt]` (used by `otter daemon`)
+/// `[mqtt]` (used by `otter daemon`; no `url` = no MQTT, the timer only)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MqttConfig {
-    /// Broker URL `mqtt://host:port` or `mqtts://host:port`; None disables MQTT.
-    pub broker: Option<String>,
-    pub username: Option<String>,
-    pub password_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    /// Topic prefix; device topics are `PREFIX/devices/ID/…`.
-    pub topic_prefix: String,
-    /// Group this device listens to (`PREFIX/groups/GROUP/…`).
+    /// Broker URL `mqtt://host[:port]` or `mqtts://host[:port]`.
+    pub url: Option<String>,
+    /// Device id in the topics; None: derived from `/etc/machine-id`.
+    pub device_id: Option<String>,
+    /// Fleet group (`otter/group/GROUP/cmd`, FleetLock group); None: `default`.
     pub group: Option<String>,
+    pub username: Option<String>,
+    /// Password in the config file itself (prefer `password-file`).
+    pub password: Option<String>,
+    /// File whose first line is the password.
+    pub password_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the broker certificate; required for `mqtts://`.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) for TLS client authentication.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// MQTT keepalive in seconds (0 disables).
+    pub keep_alive: u16,
+    /// MQTT client id; None: `otter-<device id>`.
+    pub client_id: Option<String>,
+    /// Reconnect backoff: first wait and cap (seconds).
+    pub reconnect_min: u64,
+    pub reconnect_max: u64,
 }
 
 /// `[policy]` (used by `otter daemon`)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyConfig {
-    /// Seconds between update checks; 0 disables the timer.
-    pub check_interval: u64,
-    /// Apply (reboot into) updates automatically after staging them.
-    pub auto_apply: bool,
+    /// What the timer does: `check`, `stage` or `apply`.
+    pub mode: String,
+    /// Seconds between timer rounds; 0 disables the timer.
+    pub interval: u64,
+    /// Maintenance windows for reboots (`DAYS HH:MM-HH:MM`), empty = any time.
+    pub windows: Vec<String>,
+    /// Time zone of the windows: `UTC`, `+HH:MM`, `localtime`.
+    pub timezone: String,
+    /// Seconds the timer waits after first seeing a new digest before taking it.
+    pub rollout_delay: u64,
+    /// FleetLock server asked before every reboot.
+    pub fleetlock_url: Option<String>,
     /// Allow downgrades (older signed releases) — normally only set for one operation.
     pub allow_downgrade: bool,
 }
@@ -136,26 +146,29 @@ impl Default for Config {
                 require_signature: true,
                 board: None,
             },
-            boot: BootConfig {
-                backend: "none".into(),
-                tries: 3,
-                rollback_command: "otter rollback".into(),
-                reboot_command: "systemctl reboot".into(),
-                check_timeout: 300,
-            },
+            boot: BootConfig::default(),
             mqtt: MqttConfig {
-                broker: None,
+                url: None,
+                device_id: None,
+                group: None,
                 username: None,
+                password: None,
                 password_file: None,
                 ca_file: None,
-                client_cert: None,
-                client_key: None,
-                topic_prefix: "otter".into(),
-                group: None,
+                cert_file: None,
+                key_file: None,
+                keep_alive: 30,
+                client_id: None,
+                reconnect_min: 1,
+                reconnect_max: 300,
             },
             policy: PolicyConfig {
-                check_interval: 0,
-                auto_apply: false,
+                mode: "check".into(),
+                interval: 0,
+                windows: Vec::new(),
+                timezone: "UTC".into(),
+                rollout_delay: 0,
+                fleetlock_url: None,
                 allow_downgrade: false,
             },
         }
@@ -210,7 +223,10 @@ impl Config {
             let Some((k, v)) = line.split_once('=') else {
                 bail!("line {n}: expected `key = value`, found {line:?}");
             };
-            let (k, v) = (k.trim(), unquote(v.trim()));
+            let k = k.trim();
+            let v = otter_boot::config::parse_value(v.trim())
+                .map_err(|e| anyhow::anyhow!("line {n}: {k}: {e}"))?;
+            let v = v.as_str();
             let Some(sec) = &section else {
                 bail!("line {n}: key {k:?} appears before any [section]");
             };
@@ -245,27 +261,58 @@ impl Config {
             }
             ("trust", "require-signature") => self.trust.require_signature = parse_bool(v)?,
             ("trust", "board") => self.trust.board = opt_str(v),
-            ("boot", "backend") => {
-                let kind = v.split_once(':').map_or(v, |(k, _)| k);
-                if !matches!(kind, "none" | "grubenv" | "uboot" | "bls") {
-                    bail!("unknown boot-count backend {kind:?} (expected none, grubenv:PATH, uboot:FW_ENV_CONFIG or bls:DIR)");
+            ("boot", k) => self.boot.set(k, v).map_err(|e| anyhow::anyhow!("{e}"))?,
+            ("mqtt", "url") => {
+                if let Some(u) = opt_str(v) {
+                    u.parse::<crate::fleet::transport::BrokerUrl>()?;
                 }
-                self.boot.backend = v.into()
+                self.mqtt.url = opt_str(v)
             }
-            ("boot", "tries") => self.boot.tries = parse_num(v, 1, 20)? as u32,
-            ("boot", "rollback-command") => self.boot.rollback_command = v.into(),
-            ("boot", "reboot-command") => self.boot.reboot_command = v.into(),
-            ("boot", "check-timeout") => self.boot.check_timeout = parse_num(v, 1, 86400)?,
-            ("mqtt", "broker") => self.mqtt.broker = opt_str(v),
+            ("mqtt", "device-id") => self.mqtt.device_id = opt_topic_level("device id", v)?,
+            ("mqtt", "group") => self.mqtt.group = opt_topic_level("group", v)?,
             ("mqtt", "username") => self.mqtt.username = opt_str(v),
+            ("mqtt", "password") => self.mqtt.password = opt_str(v),
             ("mqtt", "password-file") => self.mqtt.password_file = opt_path(v),
             ("mqtt", "ca-file") => self.mqtt.ca_file = opt_path(v),
-            ("mqtt", "client-cert") => self.mqtt.client_cert = opt_path(v),
-            ("mqtt", "client-key") => self.mqtt.client_key = opt_path(v),
-            ("mqtt", "topic-prefix") => self.mqtt.topic_prefix = v.into(),
-            ("mqtt", "group") => self.mqtt.group = opt_str(v),
-            ("policy", "check-interval") => self.policy.check_interval = parse_duration(v)?,
-            ("policy", "auto-apply") => self.policy.auto_apply = parse_bool(v)?,
+            ("mqtt", "cert-file") => self.mqtt.cert_file = opt_path(v),
+            ("mqtt", "key-file") => self.mqtt.key_file = opt_path(v),
+            ("mqtt", "keep-alive") => self.mqtt.keep_alive = parse_duration_max(v, 65535)? as u16,
+            ("mqtt", "client-id") => self.mqtt.client_id = opt_str(v),
+            ("mqtt", "reconnect-min") => self.mqtt.reconnect_min = parse_duration(v)?,
+            ("mqtt", "reconnect-max") => self.mqtt.reconnect_max = parse_duration(v)?,
+            ("policy", "mode") => {
+                v.parse::<crate::fleet::Mode>()?;
+                self.policy.mode = v.into()
+            }
+            ("policy", "interval") => self.policy.interval = parse_duration(v)?,
+            ("policy", "windows") => {
+                let ws: Vec<String> = v
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                for w in &ws {
+                    w.parse::<crate::fleet::Window>()
+                        .with_context(|| format!("window {w:?}"))?;
+                }
+                self.policy.windows = ws
+            }
+            ("policy", "timezone") => {
+                if v != "localtime" {
+                    v.parse::<crate::fleet::tz::TimeZone>()?;
+                }
+                self.policy.timezone = v.into()
+            }
+            ("policy", "rollout-delay") => self.policy.rollout_delay = parse_duration(v)?,
+            ("policy", "fleetlock-url") => {
+                if let Some(u) = opt_str(v) {
+                    if !(u.starts_with("http://") || u.starts_with("https://")) {
+                        bail!("expected an http:// or https:// URL");
+                    }
+                }
+                self.policy.fleetlock_url = opt_str(v)
+            }
             ("policy", "allow-downgrade") => self.policy.allow_downgrade = parse_bool(v)?,
             _ => bail!("unknown key {key:?} in section [{section}] (see docs/config.md)"),
         }
@@ -275,10 +322,20 @@ impl Config {
 
 const SECTIONS: &[&str] = &["update", "registry", "trust", "boot", "mqtt", "policy"];
 
-fn unquote(v: &str) -> &str {
-    v.strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .unwrap_or(v)
+fn opt_topic_level(what: &str, v: &str) -> Result<Option<String>> {
+    let v = opt_str(v);
+    if let Some(x) = &v {
+        crate::fleet::identity::check_topic_level(what, x)?;
+    }
+    Ok(v)
+}
+
+fn parse_duration_max(v: &str, max: u64) -> Result<u64> {
+    let n = parse_duration(v)?;
+    if n > max {
+        bail!("must be at most {max} seconds");
+    }
+    Ok(n)
 }
 
 fn opt_str(v: &str) -> Option<String> {
@@ -357,7 +414,9 @@ mod tests {
         let c = Config::parse(
             "# comment\n[update]\nstateroot = fedora-iot\n\n[registry]\ninsecure-hosts = 127.0.0.1:5000, reg.local\n\
              bandwidth-limit = 512K\nconcurrency=4\n[trust]\nrequire-signature = false\nkeys-dir = /a /b\n\
-             [boot]\nbackend = grubenv:/boot/grub/grubenv\ntries = 5\n[policy]\ncheck-interval = 6h\n",
+             [boot]\nbackend = grubenv:/boot/grub/grubenv\ntries = 5\n[policy]\ninterval = 6h\nmode = stage\n\
+             windows = \"Mon-Fri 02:00-04:00; Sat,Sun 22:00-02:00\"\n[mqtt]\nurl = mqtt://127.0.0.1:1883\n\
+             device-id = dev1\nkeep-alive = 1m\n",
         )
         .unwrap();
         assert_eq!(c.update.stateroot, "fedora-iot");
@@ -372,9 +431,17 @@ mod tests {
             c.trust.keys_dirs,
             vec![PathBuf::from("/a"), PathBuf::from("/b")]
         );
-        assert_eq!(c.boot.backend, "grubenv:/boot/grub/grubenv");
-        assert_eq!(c.boot.tries, 5);
-        assert_eq!(c.policy.check_interval, 6 * 3600);
+        assert_eq!(
+            c.boot.backend.as_deref(),
+            Some("grubenv:/boot/grub/grubenv")
+        );
+        assert_eq!(c.boot.tries, Some(5));
+        assert_eq!(c.policy.interval, 6 * 3600);
+        assert_eq!(c.policy.mode, "stage");
+        assert_eq!(c.policy.windows.len(), 2);
+        assert_eq!(c.mqtt.url.as_deref(), Some("mqtt://127.0.0.1:1883"));
+        assert_eq!(c.mqtt.device_id.as_deref(), Some("dev1"));
+        assert_eq!(c.mqtt.keep_alive, 60);
         assert_eq!(Config::parse("").unwrap(), Config::default());
     }
 
@@ -398,6 +465,12 @@ mod tests {
             ),
             ("[update]\nstateroot = a/b\n", "line 2", "stateroot"),
             ("[registry]\njunk\n", "line 2", "junk"),
+            ("[policy]\nmode = yolo\n", "line 2", "mode"),
+            ("[policy]\nwindows = Mon 25:00-26:00\n", "line 2", "windows"),
+            ("[mqtt]\nurl = http://x\n", "line 2", "url"),
+            ("[mqtt]\ngroup = a/b\n", "line 2", "group"),
+            ("[mqtt]\nbroker = mqtt://x\n", "line 2", "broker"),
+            ("[boot]\nbackend = \"grubenv:/x\n", "line 2", "backend"),
         ];
         for (text, line, key) in cases {
             let e = format!("{:#}", Config::parse(text).unwrap_err());

@@ -42,6 +42,9 @@ pub enum Event {
         index: usize,
         count: usize,
     },
+    /// How the update will be fetched: `path` "delta" or "layers", `bytes` to download (at
+    /// most: blobs already downloaded are not subtracted).
+    Plan { path: String, bytes: u64 },
     /// A deploy step (e.g. "checkout", "bootloader", "staged").
     Deploy { step: String },
     /// The operation finished.
@@ -121,7 +124,7 @@ fn short(digest: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;
@@ -176,6 +179,7 @@ impl<W: Write + Send> Progress for LogLines<W> {
             } => {
                 format!("importing layer {}/{count} ({})", index + 1, short(digest))
             }
+            Event::Plan { path, bytes } => format!("fetching by {path}: {}", human(*bytes)),
             Event::Deploy { step } => format!("deploy: {step}"),
             Event::Done { message } => message.clone(),
             Event::Error { message } => format!("error: {message}"),
@@ -314,6 +318,9 @@ impl<W: Write + Send> Progress for TerminalBar<W> {
                 index + 1,
                 short(digest)
             )),
+            Event::Plan { path, bytes } => {
+                st.line(&format!("fetching by {path}: {}", human(*bytes)))
+            }
             Event::Deploy { step } => st.line(&format!("deploy: {step}")),
             Event::Done { message } => {
                 st.draw(true);

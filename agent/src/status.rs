@@ -61,6 +61,63 @@ pub struct ImageStatus {
     pub timestamp: Option<u64>,
 }
 
+fn write_boot_text(w: &mut dyn Write, b: &serde_json::Value) -> Result<()> {
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+    match s(&b["backend"]) {
+        Some(spec) => {
+            let c = &b["counter"];
+            let state = if c["fell_back"].as_bool() == Some(true) {
+                "fell back to the previous deployment".to_owned()
+            } else if c["armed"].as_bool() == Some(true) {
+                match c["tries_left"].as_u64() {
+                    Some(t) => format!("armed, {t} trial boots left"),
+                    None => "armed".to_owned(),
+                }
+            } else if let Some(e) = s(&c["error"]) {
+                format!("unreadable: {e}")
+            } else {
+                "idle".to_owned()
+            };
+            writeln!(w, "Boot counter: {spec}: {state}")?;
+        }
+        None => writeln!(w, "Boot counter: not configured ([boot] backend)")?,
+    }
+    let h = &b["health"];
+    if let Some(v) = s(&h["verdict"]) {
+        let failed: Vec<String> = h["failed_required"]
+            .as_array()
+            .map(|a| a.iter().filter_map(s).collect())
+            .unwrap_or_default();
+        writeln!(
+            w,
+            "Last health check: {v}{}{} (time {})",
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(", failed: {}", failed.join(", "))
+            },
+            s(&h["action"])
+                .map(|a| format!(", action {a}"))
+                .unwrap_or_default(),
+            h["time"]
+        )?;
+    }
+    let r = &b["rollback"];
+    if r.is_object() {
+        writeln!(
+            w,
+            "Last automatic rollback: {} (time {}): {}",
+            s(&r["status"]).unwrap_or_else(|| "?".into()),
+            r["time"],
+            s(&r["reason"]).unwrap_or_default()
+        )?;
+        if let Some(d) = s(&r["failed_deployment"]) {
+            writeln!(w, "    Failed deployment: {d}")?;
+        }
+    }
+    Ok(())
+}
+
 /// Gather the status of a sysroot.
 pub fn gather(sysroot: &Path) -> Result<Status> {
     let s = Sysroot::load(sysroot)?;
@@ -129,6 +186,22 @@ pub fn gather(sysroot: &Path) -> Result<Status> {
     })
 }
 
+/// [`gather`] plus the `boot` field: the `[boot]` backend's counter state, the last health
+/// verdict and the last automatic rollback record (see [`crate::boot::status_json`]).
+pub fn gather_with_boot(sysroot: &Path, config: &crate::config::Config) -> Result<Status> {
+    let mut st = gather(sysroot)?;
+    let stateroot = st
+        .deployments
+        .iter()
+        .find(|d| d.booted)
+        .or(st.deployments.first())
+        .map(|d| d.stateroot.clone())
+        .unwrap_or_else(|| config.update.stateroot.clone());
+    let root = crate::boot::state_root(sysroot, &stateroot);
+    st.boot = crate::boot::status_json(sysroot, &config.boot, &root);
+    Ok(st)
+}
+
 /// Record the result of an update for `status`.
 pub fn record_last_update(sysroot: &Path, value: &serde_json::Value) -> Result<()> {
     let p = sysroot.join(LAST_UPDATE_FILE);
@@ -191,7 +264,7 @@ impl Status {
             }
         }
         if let Some(b) = &self.boot {
-            writeln!(w, "Boot counter: {b}")?;
+            write_boot_text(w, b)?;
         }
         if let Some(l) = &self.last_update {
             let result = l.get("result").and_then(|v| v.as_str()).unwrap_or("?");

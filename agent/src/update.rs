@@ -22,7 +22,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
-use crate::deploy::{BeforeSwitch, DeployOptions, Deployment, Origin, Sysroot, IMAGE_REF_PREFIX};
+use crate::delta;
+use crate::deploy::{
+    BeforeSwitch, DeployOptions, Deployment, Origin, Switch, Sysroot, IMAGE_REF_PREFIX,
+};
 use crate::import::{Importer, IMPORT_RULES_VERSION};
 use crate::ostree::{Checksum, MetaValue, Repo};
 use crate::progress::{Event, NoProgress, Progress};
@@ -53,6 +56,15 @@ impl Default for UpdateOptions {
     }
 }
 
+/// How an update's tree gets into the repo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchPlan {
+    /// "delta" or "layers".
+    pub path: &'static str,
+    /// Bytes to download (the delta's blobs, or the image's layers).
+    pub bytes: u64,
+}
+
 /// What `upgrade`/`switch`/`import` should do after resolving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -73,6 +85,8 @@ pub enum Outcome {
     Available {
         digest: String,
         version: Option<String>,
+        /// How it would be fetched: a delta from the running tree, or the layers.
+        plan: FetchPlan,
     },
     /// `Mode::DownloadOnly`: imported as this commit.
     Downloaded { digest: String, commit: Checksum },
@@ -115,19 +129,12 @@ impl UpdateOptions {
 }
 
 /// The hook the CLI passes to [`Sysroot::deploy`]: runs right before the bootloader switch
-/// with the new default deployment. This is where the boot counter is armed (`[boot] backend`,
-/// `[boot] tries`); an error aborts the deploy with the old default intact.
-/// Seam for the boot module: `none` does nothing.
-pub fn before_switch(config: &Config, sysroot: &Path, new_default: &Deployment) -> Result<()> {
-    let _ = (sysroot, new_default);
-    if config.boot.backend != "none" {
-        log::info!(
-            "boot counter {} ({} tries) is armed by the boot module",
-            config.boot.backend,
-            config.boot.tries
-        );
-    }
-    Ok(())
+/// (the `boot/loader` swap) with the new boot version on disk. Arms the boot counter
+/// (`[boot] backend`, `[boot] tries`) for the new default when there is a deployment to fall
+/// back to; see [`crate::boot::arm_for_switch`] and `docs/boot.md`. An error aborts the deploy
+/// with the old default intact.
+pub fn before_switch(config: &Config, sysroot: &Path, sw: &Switch<'_>) -> Result<()> {
+    crate::boot::arm_for_switch(sysroot, &config.boot, sw).map(|_| ())
 }
 
 /// Where a stateroot's downloads go.
@@ -286,10 +293,19 @@ fn run(
     if kargs.is_none() && default_digest.as_deref() == Some(digest.as_str()) && same_image {
         return Ok(Outcome::NoUpdate { digest });
     }
+    let base = current
+        .as_ref()
+        .and_then(|d| DeltaBase::of(s.repo(), &d.checksum));
     if mode == Mode::Check {
+        let plan = fetch_plan(src.as_mut(), &resolved, base.as_ref());
+        progress.event(&Event::Plan {
+            path: plan.path.to_owned(),
+            bytes: plan.bytes,
+        });
         return Ok(Outcome::Available {
             digest,
             version: resolved.config.version().map(str::to_owned),
+            plan,
         });
     }
 
@@ -309,7 +325,20 @@ fn run(
             c
         }
         None => {
-            let c = import(s.repo(), src.as_mut(), &resolved, stmt.as_ref(), &*progress)?;
+            let via_delta = base.as_ref().and_then(|b| {
+                try_delta(
+                    s.repo(),
+                    src.as_mut(),
+                    &resolved,
+                    b,
+                    stmt.as_ref(),
+                    &*progress,
+                )
+            });
+            let c = match via_delta {
+                Some(c) => c,
+                None => import(s.repo(), src.as_mut(), &resolved, stmt.as_ref(), &*progress)?,
+            };
             s.repo().set_ref(&image_ref, Some(&c))?;
             c
         }
@@ -381,6 +410,204 @@ pub fn commit_digest(repo: &Repo, c: &Checksum) -> Option<String> {
         .and_then(|c| c.meta_str("otter.image.digest").map(str::to_owned))
 }
 
+/// The running image a delta may start from: its commit, manifest digest and tree.
+pub struct DeltaBase {
+    pub commit: Checksum,
+    pub digest: String,
+    pub content: Checksum,
+}
+
+impl DeltaBase {
+    pub fn of(repo: &Repo, commit: &Checksum) -> Option<DeltaBase> {
+        let c = repo.read_commit(commit).ok()?;
+        Some(DeltaBase {
+            commit: *commit,
+            digest: c.meta_str("otter.image.digest").unwrap_or("").to_owned(),
+            content: c.content_checksum(),
+        })
+    }
+}
+
+/// Whether a delta from `base` to `image` is published, and what it costs to download; else
+/// the layers. Errors looking for a delta mean "layers" (logged).
+pub fn fetch_plan(
+    src: &mut dyn ImageSource,
+    image: &ResolvedImage,
+    base: Option<&DeltaBase>,
+) -> FetchPlan {
+    let layers = FetchPlan {
+        path: "layers",
+        bytes: image.manifest.layers.iter().map(|l| l.size).sum(),
+    };
+    let Some(base) = base else {
+        return layers;
+    };
+    match delta::find_delta(
+        src,
+        &image.manifest_digest,
+        &base.digest,
+        &base.content.to_hex(),
+    ) {
+        Ok(Some(m)) => FetchPlan {
+            path: "delta",
+            bytes: delta::delta_size(&m),
+        },
+        Ok(None) => layers,
+        Err(e) => {
+            log::warn!("looking for a delta to {}: {e:#}", image.manifest_digest);
+            layers
+        }
+    }
+}
+
+/// The delta path of an update: find a delta from the running tree to `image`, apply it, check
+/// the tree against the signed statement and write the commit an import would write. `None`
+/// (logged) when there is no delta or anything fails: the caller imports the layers instead, so
+/// a bad delta costs time, never a wrong tree.
+pub fn try_delta(
+    repo: &Repo,
+    src: &mut dyn ImageSource,
+    image: &ResolvedImage,
+    base: &DeltaBase,
+    stmt: Option<&ReleaseStatement>,
+    progress: &dyn Progress,
+) -> Option<Checksum> {
+    let digest = &image.manifest_digest;
+    let m = match delta::find_delta(src, digest, &base.digest, &base.content.to_hex()) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            log::info!(
+                "no delta from tree {} to {digest}: fetching the layers",
+                base.content
+            );
+            return None;
+        }
+        Err(e) => {
+            log::warn!("looking for a delta to {digest}: {e:#}; fetching the layers");
+            return None;
+        }
+    };
+    progress.event(&Event::Plan {
+        path: "delta".into(),
+        bytes: delta::delta_size(&m),
+    });
+    let res = delta::apply_manifest(repo, src, m, &base.commit)
+        .and_then(|applied| {
+            if let Some(stmt) = stmt {
+                verify::check_content(stmt, &applied.content.to_hex())
+                    .map_err(anyhow::Error::new)
+                    .context("the tree the delta built is not the signed one")?;
+            }
+            let mut meta = commit_metadata(image, stmt);
+            if let Some(k) = kernel_version(repo, &applied.root_tree)? {
+                meta.push(("ostree.linux".to_owned(), MetaValue::Str(k)));
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let subject = format!("{} ({})", image.reference, image.manifest_digest);
+            let c = repo.transaction()?.commit(
+                &subject,
+                "",
+                meta,
+                None,
+                now,
+                &applied.root_tree,
+                &applied.root_meta,
+            )?;
+            log::info!(
+                "{digest}: tree {} rebuilt from a delta ({} parts, {} bytes downloaded) as commit {c}",
+                applied.content,
+                applied.parts_applied,
+                applied.bytes_read
+            );
+            Ok(c)
+        })
+        .with_context(|| format!("applying the delta from tree {} to {digest}", base.content));
+    match res {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::warn!("{e:#}; fetching the layers instead");
+            None
+        }
+    }
+}
+
+/// The kernel version of a tree in the repo, by the importer's rules (the first
+/// `usr/lib/modules/KVER/` with a regular `vmlinuz`, else `boot/vmlinuz-KVER`): the
+/// `ostree.linux` commit key.
+fn kernel_version(repo: &Repo, root: &Checksum) -> Result<Option<String>> {
+    let regular = |c: &Checksum| -> Result<bool> { Ok(!repo.open_file(c)?.header.is_symlink()) };
+    let dir = |t: &Checksum, name: &str| -> Result<Option<Checksum>> {
+        Ok(repo
+            .read_dirtree(t)?
+            .dirs
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, t, _)| *t))
+    };
+    let mut modules = Some(*root);
+    for name in ["usr", "lib", "modules"] {
+        modules = match modules {
+            Some(t) => dir(&t, name)?,
+            None => None,
+        };
+    }
+    if let Some(m) = modules {
+        for (kver, t, _) in &repo.read_dirtree(&m)?.dirs {
+            let tree = repo.read_dirtree(t)?;
+            if let Some((_, c)) = tree.files.iter().find(|(n, _)| n == "vmlinuz") {
+                if regular(c)? {
+                    return Ok(Some(kver.clone()));
+                }
+            }
+        }
+    }
+    if let Some(boot) = dir(root, "boot")? {
+        for (name, c) in &repo.read_dirtree(&boot)?.files {
+            if let Some(kver) = name.strip_prefix("vmlinuz-") {
+                if !kver.is_empty() && regular(c)? {
+                    return Ok(Some(kver.to_owned()));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The commit metadata of an imported image (without `ostree.linux`, which comes from the tree).
+fn commit_metadata(
+    image: &ResolvedImage,
+    stmt: Option<&ReleaseStatement>,
+) -> Vec<(String, MetaValue)> {
+    let mut meta = vec![
+        (
+            "otter.image.reference".to_owned(),
+            MetaValue::Str(image.reference.to_string()),
+        ),
+        (
+            "otter.image.digest".to_owned(),
+            MetaValue::Str(image.manifest_digest.clone()),
+        ),
+        (
+            "otter.image.config-digest".to_owned(),
+            MetaValue::Str(image.config_digest.clone()),
+        ),
+        (
+            "otter.import-rules".to_owned(),
+            MetaValue::U64(IMPORT_RULES_VERSION),
+        ),
+    ];
+    if let Some(v) = image.config.version() {
+        meta.push(("version".to_owned(), MetaValue::Str(v.to_owned())));
+    }
+    if let Some(stmt) = stmt {
+        meta.push(verify::statement_metadata(stmt));
+    }
+    meta
+}
+
 /// Import all layers of `image` into one commit (no ref is set).
 pub fn import(
     repo: &Repo,
@@ -418,30 +645,7 @@ pub fn import(
             return Err(e).with_context(|| format!("importing layer {} ({})", i, layer.digest));
         }
     }
-    let mut meta = vec![
-        (
-            "otter.image.reference".to_owned(),
-            MetaValue::Str(image.reference.to_string()),
-        ),
-        (
-            "otter.image.digest".to_owned(),
-            MetaValue::Str(image.manifest_digest.clone()),
-        ),
-        (
-            "otter.image.config-digest".to_owned(),
-            MetaValue::Str(image.config_digest.clone()),
-        ),
-        (
-            "otter.import-rules".to_owned(),
-            MetaValue::U64(IMPORT_RULES_VERSION),
-        ),
-    ];
-    if let Some(v) = image.config.version() {
-        meta.push(("version".to_owned(), MetaValue::Str(v.to_owned())));
-    }
-    if let Some(stmt) = stmt {
-        meta.push(verify::statement_metadata(stmt));
-    }
+    let meta = commit_metadata(image, stmt);
     let subject = format!("{} ({})", image.reference, image.manifest_digest);
     let imported = imp
         .commit(&subject, meta, None)

@@ -170,15 +170,26 @@ struct Setup {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     b_tree: PathBuf,
+    /// The device's own commit of tree A (not the publisher's: other subject and timestamp).
     a: Checksum,
+    /// The publisher's commit of B (the device never gets it).
     b: Checksum,
-    /// The device: a bare-user repo with only commit A (ref `os/a`).
+    /// Content checksums of trees A and B.
+    a_content: Checksum,
+    b_content: Checksum,
+    /// B's root dirtree.
+    b_root: Checksum,
+    /// The device: a bare-user repo with only its own commit of tree A (ref `os/a`).
     device: PathBuf,
     delta: PathBuf,
     summary: delta::DeltaSummary,
 }
 
 fn commit(repo: &Path, branch: &str, tree: &Path) -> Checksum {
+    commit_at(repo, branch, tree, "2024-01-01 00:00:00 +0000")
+}
+
+fn commit_at(repo: &Path, branch: &str, tree: &Path, when: &str) -> Checksum {
     ostree(
         repo,
         &[
@@ -188,7 +199,7 @@ fn commit(repo: &Path, branch: &str, tree: &Path) -> Checksum {
             &format!("--tree=dir={}", tree.display()),
             "-s",
             branch,
-            "--timestamp=2024-01-01 00:00:00 +0000",
+            &format!("--timestamp={when}"),
         ],
     )
     .trim()
@@ -205,14 +216,22 @@ fn setup(part_size: u64, fast: bool) -> Setup {
     make_b(&tb);
     let publ = dir.join("publisher");
     ostree(&publ, &["init", "--mode=bare-user"]);
-    let a = commit(&publ, "os/a", &ta);
+    let a_pub = commit(&publ, "os/a", &ta);
     let b = commit(&publ, "os/b", &tb);
+    // The device imported the same image A at another time: its own commit, same tree.
     let device = dir.join("device");
     ostree(&device, &["init", "--mode=bare-user"]);
-    ostree(&device, &["pull-local", publ.to_str().unwrap(), "os/a"]);
-    assert!(!Repo::open(&device)
-        .unwrap()
-        .has_object(ObjectKind::Commit, &b));
+    let a = commit_at(&device, "os/a", &ta, "2025-06-01 12:00:00 +0000");
+    assert_ne!(a, a_pub);
+    let dev = Repo::open(&device).unwrap();
+    let pub_repo = Repo::open(&publ).unwrap();
+    let a_content = dev.read_commit(&a).unwrap().content_checksum();
+    assert_eq!(
+        a_content,
+        pub_repo.read_commit(&a_pub).unwrap().content_checksum()
+    );
+    let b_content = pub_repo.read_commit(&b).unwrap().content_checksum();
+    assert!(!dev.has_object(ObjectKind::Commit, &b));
 
     let delta = dir.join("delta");
     let opts = GenerateOptions {
@@ -221,13 +240,18 @@ fn setup(part_size: u64, fast: bool) -> Setup {
         patch_level: if fast { 3 } else { 19 },
         ..Default::default()
     };
-    let summary = delta::generate_with(&Repo::open(&publ).unwrap(), &a, &b, &delta, &opts).unwrap();
+    let summary = delta::generate_with(&pub_repo, &a_pub, &b, &delta, &opts).unwrap();
+    assert_eq!(summary.from, Some(a_content));
+    assert_eq!(summary.to, Some(b_content));
     Setup {
         _tmp: tmp,
         dir,
         b_tree: tb,
         a,
         b,
+        a_content,
+        b_content,
+        b_root: pub_repo.read_commit(&b).unwrap().root_tree,
         device,
         delta,
         summary,
@@ -249,15 +273,31 @@ fn part_files(delta: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// B is in the device repo, fsck is clean and its checkout equals B's input tree.
-fn assert_device_has_b(s: &Setup) {
+/// Tree B is in the device repo: the device writes its own commit over the rebuilt root, fsck
+/// is clean, `ostree show` agrees on the content checksum and the checkout equals B's input.
+fn assert_device_has_b(s: &Setup, applied: &delta::Applied) {
     let repo = Repo::open(&s.device).unwrap();
-    assert!(repo.has_object(ObjectKind::Commit, &s.b));
-    repo.set_ref("os/b", Some(&s.b)).unwrap();
+    assert_eq!(applied.content, s.b_content);
+    let c = repo
+        .transaction()
+        .unwrap()
+        .commit(
+            "device commit of B",
+            "",
+            Vec::new(),
+            None,
+            1_800_000_000,
+            &applied.root_tree,
+            &applied.root_meta,
+        )
+        .unwrap();
+    assert_ne!(c, s.b);
+    repo.set_ref("os/b", Some(&c)).unwrap();
     fsck(&s.device);
-    assert_eq!(
-        ostree(&s.device, &["rev-parse", "os/b"]).trim(),
-        s.b.to_hex()
+    let show = ostree(&s.device, &["show", "os/b"]);
+    assert!(
+        show.contains(&format!("ContentChecksum:  {}", s.b_content)),
+        "{show}"
     );
     let co = s.dir.join("checkout-b");
     ostree(&s.device, &["checkout", "os/b", co.to_str().unwrap()]);
@@ -284,10 +324,9 @@ fn delta_rebuilds_b_on_a_device_that_has_only_a() {
 
     let repo = Repo::open(&s.device).unwrap();
     let applied = delta::apply_dir(&repo, &s.delta, &s.a).unwrap();
-    assert_eq!(applied.commit, s.b);
     assert_eq!(applied.parts_applied, sum.parts);
-    assert!(!delta::progress_path(&repo, &s.a, &s.b).exists());
-    assert_device_has_b(&s);
+    assert!(!delta::progress_path(&repo, &s.a_content, &s.b_content).exists());
+    assert_device_has_b(&s, &applied);
     // Applying again is a no-op.
     let again = delta::apply_dir(&repo, &s.delta, &s.a).unwrap();
     assert_eq!(again.parts_applied, 0);
@@ -321,7 +360,7 @@ fn corrupt_part_or_wrong_source_commit_changes_nothing() {
     let err = delta::apply_dir(&repo, &s.delta, &s.a).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains(&format!("part {}", parts.len() - 1)), "{msg}");
-    assert!(!repo.has_object(ObjectKind::Commit, &s.b));
+    assert!(!repo.has_object(ObjectKind::DirTree, &s.b_root));
     assert_eq!(ostree(&s.device, &["refs"]), refs_before);
     fsck(&s.device);
 
@@ -346,8 +385,9 @@ fn interrupted_apply_resumes_without_redoing_finished_parts() {
     fs::write(&parts[2], &good[..good.len() / 2]).unwrap();
     let err = delta::apply_dir(&repo, &s.delta, &s.a).unwrap_err();
     assert!(format!("{err:#}").contains("part 2"), "{err:#}");
-    assert!(!repo.has_object(ObjectKind::Commit, &s.b));
-    let progress = fs::read_to_string(delta::progress_path(&repo, &s.a, &s.b)).unwrap();
+    assert!(!repo.has_object(ObjectKind::DirTree, &s.b_root));
+    let progress =
+        fs::read_to_string(delta::progress_path(&repo, &s.a_content, &s.b_content)).unwrap();
     assert_eq!(progress, "0\n1\n");
     fsck(&s.device);
 
@@ -358,8 +398,7 @@ fn interrupted_apply_resumes_without_redoing_finished_parts() {
     let applied = delta::apply_dir(&repo, &s.delta, &s.a).unwrap();
     assert_eq!(applied.parts_skipped, 2);
     assert_eq!(applied.parts_applied, n - 2);
-    assert_eq!(applied.commit, s.b);
-    assert_device_has_b(&s);
+    assert_device_has_b(&s, &applied);
 }
 
 /// Write `data` as a blob of an OCI layout; returns its descriptor JSON.
@@ -400,7 +439,10 @@ fn delta_found_as_oci_referrer_and_applied_from_the_source() {
         "config": config,
         "layers": layers,
         "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": target, "size": 1},
-        "annotations": {delta::ANNOTATION_FROM: booted},
+        "annotations": {
+            delta::ANNOTATION_FROM: booted,
+            delta::ANNOTATION_FROM_CONTENT: s.a_content.to_hex(),
+        },
     });
     let mut desc = blob(
         &layout,
@@ -425,16 +467,21 @@ fn delta_found_as_oci_referrer_and_applied_from_the_source() {
     };
     let mut src = otter::source::open(&reference, &opts).unwrap();
     let repo = Repo::open(&s.device).unwrap();
-    // No delta from another booted image.
-    let other = format!("sha256:{}", "c".repeat(64));
+    // No delta from another booted tree.
+    let other_digest = format!("sha256:{}", "c".repeat(64));
+    let other_tree = s.dir.join("tree-other");
+    make_a(&other_tree);
+    w(&other_tree, "extra", b"x", 0o644);
+    let other = commit(&s.device, "os/other", &other_tree);
     assert!(
-        delta::apply_from_source(&repo, &mut *src, &target, &other, &s.a)
+        delta::apply_from_source(&repo, &mut *src, &target, &other_digest, &other)
             .unwrap()
             .is_none()
     );
-    let applied = delta::apply_from_source(&repo, &mut *src, &target, &booted, &s.a)
+    // The annotation names the tree: an image with another manifest digest but the same tree
+    // (e.g. rebuilt, re-pushed) gets the delta too.
+    let applied = delta::apply_from_source(&repo, &mut *src, &target, &other_digest, &s.a)
         .unwrap()
         .unwrap();
-    assert_eq!(applied.commit, s.b);
-    assert_device_has_b(&s);
+    assert_device_has_b(&s, &applied);
 }

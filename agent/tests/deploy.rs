@@ -23,8 +23,8 @@ fn deploy(sysroot: &Path, commit: &str, kargs: Option<Vec<String>>) -> otter::de
                 origin: Origin::for_image("oci:/images/test:1"),
                 kargs,
             },
-            &mut |d| {
-                hook_saw = Some(d.checksum.to_hex());
+            &mut |sw| {
+                hook_saw = Some(sw.new_default().checksum.to_hex());
                 Ok(())
             },
         )

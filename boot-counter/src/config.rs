@@ -50,7 +50,7 @@ impl BootConfig {
         for (n, line) in text.lines().enumerate() {
             let err = |what: String| Error::new(format!("line {}: {what}", n + 1));
             let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
                 continue;
             }
             if let Some(rest) = line.strip_prefix('[') {
@@ -66,34 +66,54 @@ impl BootConfig {
             };
             let key = k.trim();
             let value = parse_value(v.trim()).map_err(|e| err(format!("{key}: {e}")))?;
-            match key {
-                "backend" => cfg.backend = Some(value),
-                "tries" => {
-                    cfg.tries = Some(
-                        value
-                            .parse()
-                            .ok()
-                            .filter(|t| (1..=MAX_TRIES).contains(t))
-                            .ok_or_else(|| err(format!("tries = {value:?}: use a number from 1 to {MAX_TRIES}")))?,
-                    )
-                }
-                "rollback-command" => cfg.rollback_command = value,
-                "reboot-command" => cfg.reboot_command = value,
-                "check-timeout" => {
-                    cfg.check_timeout = value
-                        .parse()
-                        .ok()
-                        .filter(|&t| t > 0)
-                        .ok_or_else(|| err(format!("check-timeout = {value:?}: use a number of seconds > 0")))?
-                }
-                _ => {
-                    return Err(err(format!(
-                        "unknown key {key:?} in [boot] (known: backend, tries, rollback-command, reboot-command, check-timeout)"
-                    )))
-                }
-            }
+            cfg.set(key, &value).map_err(|e| err(e.to_string()))?;
         }
         Ok(cfg)
+    }
+
+    /// Set one `[boot]` key from its (unquoted) value. The agent's config parser calls this for
+    /// its `[boot]` section too, so both binaries accept exactly the same keys and values.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "backend" => {
+                self.backend = match value {
+                    "" | "none" => None,
+                    spec => {
+                        check_backend_spec(spec)?;
+                        Some(spec.to_string())
+                    }
+                }
+            }
+            "tries" => {
+                self.tries = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|t| (1..=MAX_TRIES).contains(t))
+                        .ok_or_else(|| {
+                            Error::new(format!(
+                                "tries = {value:?}: use a number from 1 to {MAX_TRIES}"
+                            ))
+                        })?,
+                )
+            }
+            "rollback-command" => self.rollback_command = value.to_string(),
+            "reboot-command" => self.reboot_command = value.to_string(),
+            "check-timeout" => {
+                self.check_timeout = value.parse().ok().filter(|&t| t > 0).ok_or_else(|| {
+                    Error::new(format!(
+                        "check-timeout = {value:?}: use a number of seconds > 0"
+                    ))
+                })?
+            }
+            _ => {
+                return Err(Error::new(format!(
+                    "unknown key {key:?} in [boot] (known: {})",
+                    KEYS.join(", ")
+                )))
+            }
+        }
+        Ok(())
     }
 
     /// Read a config file; a missing file gives the defaults when `required` is false.
@@ -110,7 +130,28 @@ impl BootConfig {
     }
 }
 
-fn parse_value(v: &str) -> std::result::Result<String, String> {
+/// The keys of `[boot]`.
+pub const KEYS: [&str; 5] = [
+    "backend",
+    "tries",
+    "rollback-command",
+    "reboot-command",
+    "check-timeout",
+];
+
+/// `KIND:PATH` with a known kind and a non-empty absolute path.
+pub fn check_backend_spec(spec: &str) -> Result<()> {
+    match spec.split_once(':') {
+        Some(("grubenv" | "uboot" | "bls", path)) if path.starts_with('/') => Ok(()),
+        _ => Err(Error::new(format!(
+            "backend = {spec:?}: use none, grubenv:PATH, uboot:FW_ENV_CONFIG or bls:ENTRIES_DIR (absolute paths)"
+        ))),
+    }
+}
+
+/// A value as written after `=`: a double-quoted string (`\"`, `\\`, `\n`, `\t` escapes;
+/// a `#` comment may follow the closing quote) or a bare word (a ` #` starts a comment).
+pub fn parse_value(v: &str) -> std::result::Result<String, String> {
     let Some(inner) = v.strip_prefix('"') else {
         // Bare value; allow a trailing comment.
         let v = v.split(" #").next().unwrap_or(v).trim();
@@ -162,5 +203,13 @@ mod tests {
         assert!(BootConfig::parse("[boot]\nbogus = 1\n").is_err());
         assert!(BootConfig::parse("[boot]\ntries = 0\n").is_err());
         assert!(BootConfig::parse("[boot]\nbackend = \"x\n").is_err());
+        assert!(BootConfig::parse("[boot]\nbackend = floppy:/x\n").is_err());
+        assert!(BootConfig::parse("[boot]\nbackend = grubenv:\n").is_err());
+        assert_eq!(
+            BootConfig::parse("[boot]\nbackend = none\n")
+                .unwrap()
+                .backend,
+            None
+        );
     }
 }

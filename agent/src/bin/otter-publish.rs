@@ -6,6 +6,7 @@
 //!                    [--content-checksum HEX]
 //! otter-publish verify --key PUBLIC IMAGE [--board NAME]
 //! otter-publish export IMAGE DIR
+//! otter-publish delta --from IMAGE_A --to IMAGE_B [--out DIR]
 //! ```
 //! IMAGE: `oci:DIR[:TAG]` or `docker://HOST/REPO[:TAG|@DIGEST]`. `--plain-http` talks HTTP to
 //! the registry (loopback test registries). Exit codes: 0 ok, 1 failure, 2 usage, 3
@@ -22,6 +23,8 @@ const USAGE: &str = "usage:
                      [--content-checksum HEX] [--plain-http]
   otter-publish verify --key PUBLIC_KEY|DIR IMAGE [--board NAME] [--plain-http]
   otter-publish export IMAGE DIR [--plain-http]
+  otter-publish delta --from IMAGE_A --to IMAGE_B [--out DIR] [--plain-http]
+                     (without --out: attached to IMAGE_B as an OCI artifact)
 IMAGE: oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST]
 env: OTTER_PUBLISH_PASSWORD (encrypted secret key), OTTER_PUBLISH_CREDS=user:password (registry)";
 
@@ -51,6 +54,8 @@ struct Args {
     board: Option<String>,
     timestamp: Option<u64>,
     content_checksum: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
     plain_http: bool,
 }
 
@@ -84,6 +89,8 @@ fn parse(argv: &[String]) -> Result<Args> {
                 )
             }
             "--content-checksum" => a.content_checksum = Some(value(flag)?),
+            "--from" => a.from = Some(value(flag)?),
+            "--to" => a.to = Some(value(flag)?),
             "--plain-http" => a.plain_http = true,
             "-h" | "--help" => return Err(usage("")),
             f if f.starts_with('-') && f.len() > 1 => {
@@ -193,6 +200,37 @@ fn run(argv: &[String]) -> Result<()> {
             let desc = otter::publish::export(image, &PathBuf::from(dir), a.plain_http)
                 .with_context(|| format!("cannot export {image} to {dir}"))?;
             println!("exported {} with its signatures to oci:{dir}", desc.digest);
+            Ok(())
+        }
+        "delta" => {
+            let (Some(from), Some(to)) = (&a.from, &a.to) else {
+                return Err(usage("delta needs --from IMAGE_A and --to IMAGE_B"));
+            };
+            if !a.positional.is_empty() {
+                return Err(usage("delta takes no positional arguments"));
+            }
+            let p = otter::publish::delta::delta(from, to, a.out.as_deref(), a.plain_http)?;
+            let s = &p.summary;
+            let tree =
+                |c: Option<otter::ostree::Checksum>| c.map(|c| c.to_hex()).unwrap_or_default();
+            println!(
+                "delta {} (tree {}) → {} (tree {}): {} bytes in {} parts ({} files new, {} \
+                 patched, {} copied)",
+                p.from_digest,
+                tree(s.from),
+                p.to_digest,
+                tree(s.to),
+                s.total_size,
+                s.parts,
+                s.new_files,
+                s.patched_files,
+                s.copied_files
+            );
+            match (&p.artifact, &a.out) {
+                (Some(d), _) => println!("attached to {to}: artifact {}", d.digest),
+                (None, Some(dir)) => println!("written to {}", dir.display()),
+                (None, None) => {}
+            }
             Ok(())
         }
         other => bail!(usage(format!("unknown command {other:?}"))),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::config::{Config, DEFAULT_PATH};
-use crate::deploy::{Deployment, Sysroot};
+use crate::deploy::{Switch, Sysroot};
 use crate::progress::{JsonLines, LogLines, NoProgress, Progress, TerminalBar};
 use crate::source::ImageRef;
 use crate::update::{self, Mode, Outcome, UpdateOptions};
@@ -37,6 +37,10 @@ commands:
   rollback              make the previous deployment the default
   status [--json]       deployments, images, boot-count state
   import PATH           offline update from an OCI layout directory or oci-archive
+  import --media DIR    import the update on mounted removable media once (USB stick)
+  daemon [--once] [--mqtt URL] [--device-id ID] [--group NAME]
+                        timer policy ([policy]) and MQTT fleet commands ([mqtt]);
+                        --once: one timer round, no MQTT (for a systemd timer)
 
 IMAGE: docker://HOST/REPO:TAG (or HOST/REPO:TAG), oci:DIR[:TAG], oci-archive:FILE[:TAG]
 
@@ -141,6 +145,15 @@ pub enum Command {
     Import {
         path: String,
     },
+    ImportMedia {
+        dir: String,
+    },
+    Daemon {
+        once: bool,
+        mqtt: Option<String>,
+        device_id: Option<String>,
+        group: Option<String>,
+    },
     Help,
 }
 
@@ -153,6 +166,7 @@ pub fn parse(args: &[String]) -> Result<(Global, Command)> {
     let mut stateroot = None;
     let mut kargs = Vec::new();
     let (mut check, mut download_only, mut apply, mut json) = (false, false, false, false);
+    let (mut once, mut mqtt, mut device_id, mut group, mut media) = (false, None, None, None, None);
     let mut it = args.iter().peekable();
     let mut only_positional = false;
     while let Some(arg) = it.next() {
@@ -247,6 +261,20 @@ pub fn parse(args: &[String]) -> Result<(Global, Command)> {
                 flag_only(&inline)?;
                 apply = true
             }
+            "--once" if cmd.as_deref() == Some("daemon") => {
+                flag_only(&inline)?;
+                once = true
+            }
+            "--mqtt" if cmd.as_deref() == Some("daemon") => {
+                mqtt = Some(value("a broker URL mqtt://HOST:PORT")?)
+            }
+            "--device-id" if cmd.as_deref() == Some("daemon") => {
+                device_id = Some(value("a device id")?)
+            }
+            "--group" if cmd.as_deref() == Some("daemon") => group = Some(value("a group name")?),
+            "--media" if cmd.as_deref() == Some("import") => {
+                media = Some(value("a mounted media directory")?)
+            }
             "--json" if cmd.as_deref() == Some("status") => {
                 flag_only(&inline)?;
                 json = true
@@ -316,9 +344,27 @@ pub fn parse(args: &[String]) -> Result<(Global, Command)> {
             none(&positional)?;
             Command::Status { json }
         }
-        "import" => Command::Import {
-            path: one("a PATH", &mut positional)?,
+        "import" => match media {
+            Some(dir) => {
+                none(&positional)?;
+                Command::ImportMedia { dir }
+            }
+            None => Command::Import {
+                path: one("a PATH", &mut positional)?,
+            },
         },
+        "daemon" => {
+            none(&positional)?;
+            if once && mqtt.is_some() {
+                return Err(usage("--once runs the timer only; it takes no --mqtt"));
+            }
+            Command::Daemon {
+                once,
+                mqtt,
+                device_id,
+                group,
+            }
+        }
         "help" => Command::Help,
         other => return Err(usage(format!("unknown command {other:?}"))),
     };
@@ -424,6 +470,8 @@ fn run(g: &Global, cmd: Command) -> Result<i32> {
                 | Command::Switch { .. }
                 | Command::Upgrade { .. }
                 | Command::Import { .. }
+                | Command::ImportMedia { .. }
+                | Command::Daemon { .. }
         )
     {
         eprintln!(
@@ -443,12 +491,12 @@ fn run(g: &Global, cmd: Command) -> Result<i32> {
         s.parse::<ImageRef>()
             .map_err(|e| usage(format!("invalid image reference {s:?}: {e:#}")))
     };
-    let mut hook = |d: &Deployment| update::before_switch(&config, sysroot, d);
+    let mut hook = |sw: &Switch<'_>| update::before_switch(&config, sysroot, sw);
     let out = std::io::stdout();
     match cmd {
         Command::Help => Ok(EXIT_OK),
         Command::Status { json } => {
-            let st = crate::status::gather(sysroot)?;
+            let st = crate::status::gather_with_boot(sysroot, &config)?;
             let mut o = out.lock();
             if json {
                 st.write_json(&mut o)?;
@@ -458,15 +506,38 @@ fn run(g: &Global, cmd: Command) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Rollback => {
-            let mut s = Sysroot::load_locked(sysroot)?;
-            let d = s.rollback()?;
-            println!(
-                "Rollback: {} {} is now the default; reboot to use it.",
-                d.stateroot,
-                d.name()
-            );
+            let reason = std::env::var(FALLBACK_REASON_ENV)
+                .ok()
+                .filter(|r| !r.trim().is_empty());
+            println!("{}", rollback(sysroot, &config, reason.as_deref())?);
             Ok(EXIT_OK)
         }
+        Command::ImportMedia { dir } => {
+            let root = state_root(sysroot, &config)?;
+            let mut actions = crate::fleet::actions::UpdateActions::new(sysroot, opts);
+            match crate::fleet::usb_import(
+                Path::new(&dir),
+                &root.join("var/lib/otter"),
+                &mut actions,
+            )? {
+                crate::fleet::Outcome::NothingFound => {
+                    println!("No otter update on {dir}.")
+                }
+                crate::fleet::Outcome::AlreadyImported { identity, image } => {
+                    println!("{image} ({identity}) was imported before; nothing to do.")
+                }
+                crate::fleet::Outcome::Imported { image, result, .. } => {
+                    println!("Imported {image}: {result}")
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Daemon {
+            once,
+            mqtt,
+            device_id,
+            group,
+        } => daemon(sysroot, &config, opts, once, mqtt, device_id, group),
         Command::Install {
             stateroot,
             kargs,
@@ -532,12 +603,18 @@ fn finish(sysroot: &Path, op: &str, image: &str, res: Result<Outcome>, check: bo
             println!("No update: the default deployment already runs {digest}.");
             Ok(if check { EXIT_NO_UPDATE } else { EXIT_OK })
         }
-        Outcome::Available { digest, version } => {
+        Outcome::Available {
+            digest,
+            version,
+            plan,
+        } => {
             println!(
-                "Update available: {digest}{}",
+                "Update available: {digest}{}; it will be fetched as {} ({}).",
                 version
                     .map(|v| format!(" (version {v})"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                plan.path,
+                crate::progress::human(plan.bytes)
             );
             Ok(EXIT_OK)
         }
@@ -561,7 +638,7 @@ fn finish(sysroot: &Path, op: &str, image: &str, res: Result<Outcome>, check: bo
 }
 
 /// Record the result in `ostree/otter/last-update.json` (best effort: never masks the result).
-fn record(sysroot: &Path, op: &str, image: &str, res: &Result<Outcome, &anyhow::Error>) {
+pub fn record(sysroot: &Path, op: &str, image: &str, res: &Result<Outcome, &anyhow::Error>) {
     if !sysroot.join("ostree/repo").is_dir() {
         return;
     }
@@ -587,7 +664,168 @@ fn record(sysroot: &Path, op: &str, image: &str, res: &Result<Outcome, &anyhow::
     }
 }
 
-fn reboot(sysroot: &Path) -> Result<()> {
+/// Environment variable `otter-boot` sets when it runs `[boot] rollback-command` after a
+/// bootloader fallback (the reason, for the record).
+pub const FALLBACK_REASON_ENV: &str = "OTTER_FALLBACK_REASON";
+
+/// `otter rollback`. Never reboots. Returns the message for the user.
+///
+/// - `fallback_reason` None (a person or a fleet command): swap the default with the previous
+///   deployment, then end a boot-count trial that was counting for the old default.
+/// - `fallback_reason` Some (run by `otter-boot` on the deployment the boot loader fell back
+///   to): make the *booted* deployment the default; if it already is, say so and succeed
+///   (idempotent). The boot counter is left to `otter-boot`, which clears it after this
+///   command succeeds. The reason is recorded in `last-update.json`.
+pub fn rollback(sysroot: &Path, config: &Config, fallback_reason: Option<&str>) -> Result<String> {
+    let mut s = Sysroot::load_locked(sysroot)?;
+    let res = (|| -> Result<String> {
+        if let Some(reason) = fallback_reason {
+            match s.booted_index() {
+                Some(0) => {
+                    let d = &s.deployments()[0];
+                    return Ok(format!(
+                        "Rollback: the booted deployment {} {} is already the default; nothing to do.",
+                        d.stateroot,
+                        d.name()
+                    ));
+                }
+                Some(i) => {
+                    let d = s.promote(i)?;
+                    log::warn!("fallback rollback: {reason}");
+                    return Ok(format!(
+                        "Rollback: the booted deployment {} {} is the default again (boot loader fallback: {reason}).",
+                        d.stateroot,
+                        d.name()
+                    ));
+                }
+                None => log::warn!(
+                    "{FALLBACK_REASON_ENV} is set but no booted deployment was found in {}: \
+                     doing a plain rollback",
+                    sysroot.display()
+                ),
+            }
+        }
+        let d = s.rollback()?;
+        match crate::boot::disarm_after_rollback(sysroot, &config.boot) {
+            Ok(true) => log::info!("ended the boot-count trial of the previous default"),
+            Ok(false) => {}
+            Err(e) => log::warn!("{e:#}"),
+        }
+        Ok(format!(
+            "Rollback: {} {} is now the default; reboot to use it.",
+            d.stateroot,
+            d.name()
+        ))
+    })();
+    drop(s);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let v = match &res {
+        Ok(m) => serde_json::json!({"operation": "rollback", "image": null, "time": now,
+            "result": "rolled-back", "message": m, "fallback_reason": fallback_reason}),
+        Err(e) => serde_json::json!({"operation": "rollback", "image": null, "time": now,
+            "result": "failed", "message": format!("{e:#}"), "exit_code": exit_code(e),
+            "fallback_reason": fallback_reason}),
+    };
+    if sysroot.join("ostree/repo").is_dir() {
+        if let Err(e) = crate::status::record_last_update(sysroot, &v) {
+            log::warn!("recording the rollback: {e:#}");
+        }
+    }
+    res
+}
+
+/// The root under which `var/lib/otter` (fleet state, health records) lives for `sysroot`.
+fn state_root(sysroot: &Path, config: &Config) -> Result<PathBuf> {
+    let s = Sysroot::load(sysroot)?;
+    let (stateroot, _) = update::tracked(&s, config)?;
+    Ok(crate::boot::state_root(sysroot, &stateroot))
+}
+
+/// `otter daemon`.
+#[allow(clippy::too_many_arguments)]
+fn daemon(
+    sysroot: &Path,
+    config: &Config,
+    opts: UpdateOptions,
+    once: bool,
+    mqtt_url: Option<String>,
+    device_id: Option<String>,
+    group: Option<String>,
+) -> Result<i32> {
+    use crate::fleet::{self, DaemonOptions, MqttSettings};
+    let m = &config.mqtt;
+    let p = &config.policy;
+    let mut d = DaemonOptions::new(sysroot.to_path_buf());
+    d.state_dir = state_root(sysroot, config)?.join("var/lib/otter");
+    d.device_id = device_id.or_else(|| m.device_id.clone());
+    d.group = group.or_else(|| m.group.clone());
+    d.timer_interval = (p.interval > 0).then(|| std::time::Duration::from_secs(p.interval));
+    d.fleetlock_url = p.fleetlock_url.clone();
+    let bad = |e: anyhow::Error| e.context(ConfigError);
+    d.policy = fleet::Policy {
+        mode: p.mode.parse().map_err(bad)?,
+        windows: p
+            .windows
+            .iter()
+            .map(|w| w.parse())
+            .collect::<Result<_>>()
+            .map_err(bad)?,
+        timezone: fleet::tz::TimeZone::load(&p.timezone, sysroot)
+            .with_context(|| format!("[policy] timezone = {:?}", p.timezone))
+            .map_err(bad)?,
+        rollout_delay: std::time::Duration::from_secs(p.rollout_delay),
+    };
+    if let Some(url) = mqtt_url.or_else(|| m.url.clone()) {
+        let mut s = MqttSettings::new(&url);
+        s.username = m.username.clone();
+        s.password = match (&m.password, &m.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(usage(
+                    "[mqtt] password and password-file exclude each other",
+                ))
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(f)) => Some(read_password(f)?),
+            (None, None) => None,
+        };
+        s.tls = fleet::transport::TlsFiles {
+            ca_file: m.ca_file.clone(),
+            cert_file: m.cert_file.clone(),
+            key_file: m.key_file.clone(),
+        };
+        s.keep_alive = m.keep_alive;
+        s.client_id = m.client_id.clone();
+        s.reconnect_min = std::time::Duration::from_secs(m.reconnect_min.max(1));
+        s.reconnect_max = std::time::Duration::from_secs(m.reconnect_max.max(1));
+        d.mqtt = Some(s);
+    }
+    let mut actions = fleet::actions::UpdateActions::new(sysroot, opts);
+    if once {
+        fleet::run_timer_once(d, &mut actions, &fleet::SystemClock)?;
+        return Ok(EXIT_OK);
+    }
+    if d.mqtt.is_none() && d.timer_interval.is_none() {
+        log::warn!("otter daemon: neither [mqtt] url nor [policy] interval is set: nothing to do until stopped");
+    }
+    fleet::stop_on_signals(d.stop.clone())?;
+    fleet::run_daemon(d, &mut actions, &fleet::SystemClock)?;
+    Ok(EXIT_OK)
+}
+
+fn read_password(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_string(&mut text))
+        .with_context(|| format!("reading [mqtt] password-file {}", path.display()))?;
+    Ok(text.lines().next().unwrap_or("").to_owned())
+}
+
+/// Reboot the running system (`systemctl reboot`); with another `--sysroot` only say so.
+pub fn reboot(sysroot: &Path) -> Result<()> {
     if sysroot != Path::new("/") {
         println!(
             "Not rebooting: --sysroot is {}, not the running system.",

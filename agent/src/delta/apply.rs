@@ -1,4 +1,4 @@
-//! Device side: rebuild commit B from commit A plus a delta, part by part, into the repo.
+//! Device side: rebuild tree B from tree A plus a delta, part by part, into the repo.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -14,7 +14,9 @@ use super::format::{
     OP_PATCH_ZSTD, PART_MAGIC, PART_WINDOW_LOG_MAX,
 };
 use super::{part_name, SUPERBLOCK_NAME};
-use crate::ostree::{write_atomic, Checksum, DirMeta, DirTree, ObjectKind, Repo, Transaction};
+use crate::ostree::{
+    content_checksum, write_atomic, Checksum, DirMeta, DirTree, ObjectKind, Repo, Transaction,
+};
 
 /// Where the superblock and the parts come from (a directory, a registry artifact, …).
 pub trait DeltaStore {
@@ -54,8 +56,11 @@ impl DeltaStore for DirStore {
 /// What [`apply`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
-    /// Commit B, now in the repo (no ref is set).
-    pub commit: Checksum,
+    /// Content checksum of tree B, now complete in the repo (no commit is written).
+    pub content: Checksum,
+    /// B's root dirtree and dirmeta: the caller writes its own commit over them.
+    pub root_tree: Checksum,
+    pub root_meta: Checksum,
     /// Parts written by this run.
     pub parts_applied: usize,
     /// Parts skipped because all their objects were already present (earlier, interrupted run).
@@ -64,7 +69,8 @@ pub struct Applied {
     pub bytes_read: u64,
 }
 
-/// The progress record of an apply: `state/otter-delta-<from>-<to>`, one applied part index a line.
+/// The progress record of an apply: `state/otter-delta-<from>-<to>` (content checksums), one
+/// applied part index a line.
 pub fn progress_path(repo: &Repo, from: &Checksum, to: &Checksum) -> PathBuf {
     repo.path()
         .join("state")
@@ -72,49 +78,48 @@ pub fn progress_path(repo: &Repo, from: &Checksum, to: &Checksum) -> PathBuf {
 }
 
 /// Apply the delta in a directory; see [`apply`].
-pub fn apply_dir(repo: &Repo, dir: &Path, from: &Checksum) -> Result<Applied> {
-    apply(repo, &mut DirStore::new(dir), from)
+pub fn apply_dir(repo: &Repo, dir: &Path, base: &Checksum) -> Result<Applied> {
+    apply(repo, &mut DirStore::new(dir), base)
         .with_context(|| format!("applying the delta in {}", dir.display()))
 }
 
-/// Rebuild the target commit of a delta on top of commit `from`, which must be in `repo`.
-///
-/// Parts are applied one by one, each in its own transaction that is published only after every
-/// object it rebuilt matched its checksum and the part's size and SHA-256 matched the superblock.
-/// A part whose objects are all present is skipped, so an interrupted apply resumes where it
-/// stopped. The commit object is written last, after checking that every object its tree refers
-/// to is present; its checksum is the delta's target by construction (checked when the
-/// superblock is read). On error nothing is referenced: the caller can fall back to full layers.
-pub fn apply(repo: &Repo, store: &mut dyn DeltaStore, from: &Checksum) -> Result<Applied> {
-    let sb = {
-        let mut r = store.superblock()?;
-        Superblock::decode(&mut r).context("reading the delta superblock")?
-    };
-    if sb.from != *from {
+/// The superblock of a delta (read and checked, nothing written).
+pub fn read_superblock(store: &mut dyn DeltaStore) -> Result<Superblock> {
+    let mut r = store.superblock()?;
+    Superblock::decode(&mut r).context("reading the delta superblock")
+}
+
+/// Rebuild tree B of a delta on top of the tree of commit `base` (the device's commit of
+/// image A), which must be in `repo` and whose content checksum must be the delta's `from`.
+/// Parts are applied in order, each in its own transaction, so an interrupted apply resumes
+/// where it stopped. B's dirtrees/dirmetas are written last, after checking that every object
+/// they refer to is present; the root they form must have the content checksum `to`. No commit
+/// is written and no ref is set: the caller writes its own commit over
+/// [`Applied::root_tree`]/[`Applied::root_meta`] (as an import would). On error nothing is
+/// referenced: the caller can fall back to full layers.
+pub fn apply(repo: &Repo, store: &mut dyn DeltaStore, base: &Checksum) -> Result<Applied> {
+    let sb = read_superblock(store)?;
+    let have = repo
+        .read_commit(base)
+        .with_context(|| format!("reading commit {base}: the delta cannot be applied"))?
+        .content_checksum();
+    if sb.from != have {
         bail!(
-            "the delta starts from commit {} but this system runs {from}: it does not apply here; \
-             fetch the full image instead",
+            "the delta starts from tree {} but this system runs tree {have} (commit {base}): it \
+             does not apply here; fetch the full image instead",
             sb.from
         );
     }
-    if !repo.has_object(ObjectKind::Commit, from) {
-        bail!(
-            "commit {from} is not in {}: the delta cannot be applied",
-            repo.path().display()
-        );
-    }
-    let to = sb.to;
+    let (from, to) = (sb.from, sb.to);
     let mut done = Applied {
-        commit: to,
+        content: to,
+        root_tree: sb.root_tree,
+        root_meta: sb.root_meta,
         parts_applied: 0,
         parts_skipped: 0,
         bytes_read: 0,
     };
-    if repo.has_object(ObjectKind::Commit, &to) {
-        done.parts_skipped = sb.parts.len();
-        return Ok(done);
-    }
-    let progress = progress_path(repo, from, &to);
+    let progress = progress_path(repo, &from, &to);
     let mut recorded = read_progress(&progress);
     for (i, part) in sb.parts.iter().enumerate() {
         if part
@@ -135,7 +140,7 @@ pub fn apply(repo: &Repo, store: &mut dyn DeltaStore, from: &Checksum) -> Result
         recorded.insert(i);
         write_progress(&progress, &recorded)?;
     }
-    finish(repo, &sb).with_context(|| format!("writing commit {to} from the delta"))?;
+    finish(repo, &sb).with_context(|| format!("writing tree {to} from the delta"))?;
     match fs::remove_file(&progress) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -312,7 +317,7 @@ fn read_source(repo: &Repo, source: &Checksum) -> Result<Vec<u8>> {
     Ok(old)
 }
 
-/// Write B's new dirtrees/dirmetas and its commit, after checking the tree is complete.
+/// Write B's new dirtrees/dirmetas after checking the tree is complete and its root is `to`.
 fn finish(repo: &Repo, sb: &Superblock) -> Result<()> {
     let mut tx = repo.transaction()?;
     let mut trees = HashSet::new();
@@ -341,9 +346,24 @@ fn finish(repo: &Repo, sb: &Superblock) -> Result<()> {
             }
         }
     }
-    let c = tx.commit_object(&sb.commit)?;
-    if c != sb.to {
-        bail!("rebuilt commit is {c}, expected {}", sb.to);
+    if !trees.contains(&sb.root_tree) && !tx.has_object(ObjectKind::DirTree, &sb.root_tree) {
+        bail!(
+            "root dirtree {} is neither in the delta nor in the repository",
+            sb.root_tree
+        );
     }
-    Ok(())
+    if !metas.contains(&sb.root_meta) && !tx.has_object(ObjectKind::DirMeta, &sb.root_meta) {
+        bail!(
+            "root dirmeta {} is neither in the delta nor in the repository",
+            sb.root_meta
+        );
+    }
+    // Every metadata object was hashed as it was written, so the root is what its checksums
+    // say; the content checksum ties it to the tree the delta promised (and the caller compares
+    // that with the signed statement).
+    let got = content_checksum(&sb.root_tree, &sb.root_meta);
+    if got != sb.to {
+        bail!("rebuilt tree is {got}, the delta promised {}", sb.to);
+    }
+    tx.finish()
 }

@@ -1,13 +1,15 @@
 //! The delta wire format (see `docs/deltas.md`): superblock and part streams, little-endian.
 
-use std::io::{Read, Write};
+use std::io::Read;
+#[cfg(feature = "publish")]
+use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 
-use crate::ostree::{Checksum, DirMeta, FileHeader};
+use crate::ostree::{content_checksum, Checksum, DirMeta, FileHeader};
 
 /// First 8 bytes of a superblock file (then one zstd frame).
-pub const SUPERBLOCK_MAGIC: &[u8; 8] = b"OTDELTA1";
+pub const SUPERBLOCK_MAGIC: &[u8; 8] = b"OTDELTA2";
 /// First 8 bytes of a part's decompressed stream.
 pub const PART_MAGIC: &[u8; 8] = b"OTDPART1";
 /// Largest decompressed superblock we accept.
@@ -44,14 +46,19 @@ pub struct PartInfo {
     pub objects: Vec<Checksum>,
 }
 
-/// Everything a device needs before the parts: what the delta is between, B's commit and the
-/// metadata objects of B that A does not have, and the part list.
+/// Everything a device needs before the parts: the trees the delta is between (ostree *content
+/// checksums*, not commits: every device writes its own commit for the same image), B's root,
+/// the metadata objects of B that A does not have, and the part list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
+    /// Content checksum of tree A (sha256(root dirtree ‖ root dirmeta)).
     pub from: Checksum,
+    /// Content checksum of tree B; equals `content_checksum(root_tree, root_meta)`.
     pub to: Checksum,
-    /// B's commit object, byte for byte (its SHA-256 is `to`).
-    pub commit: Vec<u8>,
+    /// B's root dirtree.
+    pub root_tree: Checksum,
+    /// B's root dirmeta.
+    pub root_meta: Checksum,
     /// Dirtree objects of B missing from A.
     pub dirtrees: Vec<Vec<u8>>,
     /// Dirmeta objects of B missing from A.
@@ -68,7 +75,8 @@ impl Superblock {
         let mut body = Vec::new();
         body.extend_from_slice(&self.from.0);
         body.extend_from_slice(&self.to.0);
-        put_bytes(&mut body, &self.commit);
+        body.extend_from_slice(&self.root_tree.0);
+        body.extend_from_slice(&self.root_meta.0);
         put_u32(&mut body, len32(self.dirtrees.len() + self.dirmetas.len())?);
         for (kind, objs) in [
             (META_DIRTREE, &self.dirtrees),
@@ -96,7 +104,7 @@ impl Superblock {
         Ok(out)
     }
 
-    /// Parse and check a superblock: magic, sizes, `to` = SHA-256 of the commit bytes.
+    /// Parse and check a superblock: magic, sizes, `to` = content checksum of the root.
     pub fn decode(r: &mut dyn Read) -> Result<Superblock> {
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic)
@@ -118,10 +126,11 @@ impl Superblock {
         let mut r: &[u8] = &body;
         let from = read_checksum(&mut r)?;
         let to = read_checksum(&mut r)?;
-        let commit = read_bytes(&mut r, MAX_SUPERBLOCK_SIZE)?;
-        let actual = Checksum::of(&commit);
+        let root_tree = read_checksum(&mut r)?;
+        let root_meta = read_checksum(&mut r)?;
+        let actual = content_checksum(&root_tree, &root_meta);
         if actual != to {
-            bail!("superblock names target commit {to} but carries commit {actual}");
+            bail!("superblock names target tree {to} but its root {root_tree}/{root_meta} is tree {actual}");
         }
         let n = read_u32(&mut r)?;
         let (mut dirtrees, mut dirmetas) = (Vec::new(), Vec::new());
@@ -163,7 +172,8 @@ impl Superblock {
         Ok(Superblock {
             from,
             to,
-            commit,
+            root_tree,
+            root_meta,
             dirtrees,
             dirmetas,
             parts,
@@ -197,6 +207,7 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// `u32 len, DirMeta (uid, gid, mode, xattrs) GVariant, u32 len, symlink target`.
+#[cfg(feature = "publish")]
 pub fn encode_header(h: &FileHeader) -> Vec<u8> {
     let meta = DirMeta {
         uid: h.uid,
@@ -268,12 +279,14 @@ fn read_bytes(r: &mut dyn Read, max: u64) -> Result<Vec<u8>> {
 }
 
 /// A writer that hashes and counts what passes through.
+#[cfg(feature = "publish")]
 pub struct HashWriter<W: Write> {
     pub inner: W,
     pub hasher: sha2::Sha256,
     pub count: u64,
 }
 
+#[cfg(feature = "publish")]
 impl<W: Write> Write for HashWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         use sha2::Digest;
@@ -310,11 +323,12 @@ mod tests {
 
     #[test]
     fn superblock_round_trip_and_checks() {
-        let commit = b"not really a commit".to_vec();
+        let (root_tree, root_meta) = (Checksum([3; 32]), Checksum([4; 32]));
         let sb = Superblock {
             from: Checksum([1; 32]),
-            to: Checksum::of(&commit),
-            commit,
+            to: content_checksum(&root_tree, &root_meta),
+            root_tree,
+            root_meta,
             dirtrees: vec![vec![0]],
             dirmetas: vec![vec![1, 2, 3]],
             parts: vec![PartInfo {

@@ -1,4 +1,4 @@
-//! Publisher side: compute the delta between two commits of one repository.
+//! Publisher side: compute the delta between the trees of two commits of one repository.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -47,6 +47,7 @@ impl Default for GenerateOptions {
 /// What [`generate`] wrote.
 #[derive(Clone, Debug, Default)]
 pub struct DeltaSummary {
+    /// Content checksums of trees A and B.
     pub from: Option<Checksum>,
     pub to: Option<Checksum>,
     pub parts: usize,
@@ -437,8 +438,8 @@ fn generate_into(
     walk_new(repo, &old, &b.root_tree, &b.root_meta, "", 0, &mut new)?;
 
     let mut sum = DeltaSummary {
-        from: Some(*from),
-        to: Some(*to),
+        from: Some(a.content_checksum()),
+        to: Some(b.content_checksum()),
         metadata_objects: new.dirtrees.len() + new.dirmetas.len(),
         ..Default::default()
     };
@@ -454,9 +455,10 @@ fn generate_into(
     }
     pw.close()?;
     let sb = Superblock {
-        from: *from,
-        to: *to,
-        commit: repo.read_metadata(ObjectKind::Commit, to)?,
+        from: a.content_checksum(),
+        to: b.content_checksum(),
+        root_tree: b.root_tree,
+        root_meta: b.root_meta,
         dirtrees: new.dirtrees,
         dirmetas: new.dirmetas,
         parts: pw.parts,

@@ -1,8 +1,9 @@
 //! Deltas published as OCI artifacts next to the image (the device-side hook for `update`).
 //!
 //! A delta artifact is an OCI manifest with `artifactType` [`ARTIFACT_TYPE`], `subject` = the
-//! target image's manifest, annotation [`ANNOTATION_FROM`] = the manifest digest of the image it
-//! starts from, and as layers the superblock followed by the parts in order.
+//! target image's manifest, annotations [`ANNOTATION_FROM`] = the manifest digest of the image it
+//! starts from and [`ANNOTATION_FROM_CONTENT`] = that image's tree (content checksum), and as
+//! layers the superblock followed by the parts in order.
 
 use std::io::Read;
 
@@ -10,7 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use super::apply::{apply, Applied, DeltaStore};
 use super::format::PartInfo;
-use super::{ANNOTATION_FROM, ARTIFACT_TYPE};
+use super::{ANNOTATION_FROM, ANNOTATION_FROM_CONTENT, ARTIFACT_TYPE};
 use crate::ostree::{Checksum, Repo};
 use crate::source::{Descriptor, ImageSource, Manifest};
 
@@ -55,11 +56,27 @@ impl DeltaStore for ArtifactStore<'_> {
     }
 }
 
-/// The delta artifact attached to `target_digest` that starts from `booted_digest`, if any.
+/// Whether a delta's annotations say it starts from this device's image: the tree
+/// ([`ANNOTATION_FROM_CONTENT`]) when present, else the manifest digest ([`ANNOTATION_FROM`]).
+/// The superblock's `from` is what is finally checked.
+fn starts_here(
+    annotations: &std::collections::BTreeMap<String, String>,
+    booted_digest: &str,
+    booted_content: &str,
+) -> bool {
+    match annotations.get(ANNOTATION_FROM_CONTENT) {
+        Some(c) => c.eq_ignore_ascii_case(booted_content),
+        None => annotations.get(ANNOTATION_FROM).map(String::as_str) == Some(booted_digest),
+    }
+}
+
+/// The delta artifact attached to `target_digest` that starts from the device's image
+/// (`booted_digest`, tree `booted_content` in hex), if any.
 pub fn find_delta(
     source: &mut dyn ImageSource,
     target_digest: &str,
     booted_digest: &str,
+    booted_content: &str,
 ) -> Result<Option<Manifest>> {
     let refs = source
         .referrers(target_digest, ARTIFACT_TYPE)
@@ -72,11 +89,9 @@ pub fn find_delta(
         {
             continue;
         }
-        if desc
-            .annotations
-            .get(ANNOTATION_FROM)
-            .is_some_and(|f| f != booted_digest)
-        {
+        let annotated = desc.annotations.contains_key(ANNOTATION_FROM)
+            || desc.annotations.contains_key(ANNOTATION_FROM_CONTENT);
+        if annotated && !starts_here(&desc.annotations, booted_digest, booted_content) {
             continue;
         }
         let mut bytes = Vec::new();
@@ -106,7 +121,7 @@ pub fn find_delta(
             .subject
             .as_ref()
             .is_some_and(|s| s.digest == target_digest);
-        let from_ok = m.annotations.get(ANNOTATION_FROM).map(String::as_str) == Some(booted_digest);
+        let from_ok = starts_here(&m.annotations, booted_digest, booted_content);
         if subject_ok && from_ok && !m.layers.is_empty() {
             return Ok(Some(m));
         }
@@ -114,10 +129,16 @@ pub fn find_delta(
     Ok(None)
 }
 
-/// Update hook: if the image `target_digest` has a delta from the booted image, apply it on top
-/// of `booted_commit` and return what was done; `Ok(None)` when there is no such delta. On
-/// error the caller falls back to pulling the layers. The caller still checks the new commit's
-/// content checksum against the signed release statement before deploying it.
+/// Bytes a device downloads to apply the delta `m` (superblock + parts).
+pub fn delta_size(m: &Manifest) -> u64 {
+    m.layers.iter().map(|l| l.size).sum()
+}
+
+/// Update hook: if the image `target_digest` has a delta from the device's image
+/// (`booted_digest`, imported as `booted_commit`), rebuild its tree on top of `booted_commit`
+/// and return what was done; `Ok(None)` when there is no such delta. On error the caller falls
+/// back to pulling the layers. The caller still checks the tree's content checksum against the
+/// signed release statement and writes the commit.
 pub fn apply_from_source(
     repo: &Repo,
     source: &mut dyn ImageSource,
@@ -125,14 +146,29 @@ pub fn apply_from_source(
     booted_digest: &str,
     booted_commit: &Checksum,
 ) -> Result<Option<Applied>> {
-    let Some(m) = find_delta(source, target_digest, booted_digest)? else {
+    let booted_content = repo
+        .read_commit(booted_commit)
+        .with_context(|| format!("reading the running commit {booted_commit}"))?
+        .content_checksum()
+        .to_hex();
+    let Some(m) = find_delta(source, target_digest, booted_digest, &booted_content)? else {
         return Ok(None);
     };
+    apply_manifest(repo, source, m, booted_commit)
+        .with_context(|| format!("applying the delta {booted_digest} → {target_digest}"))
+        .map(Some)
+}
+
+/// Apply the delta artifact `m` (found with [`find_delta`]) on top of `base`.
+pub fn apply_manifest(
+    repo: &Repo,
+    source: &mut dyn ImageSource,
+    m: Manifest,
+    base: &Checksum,
+) -> Result<Applied> {
     let mut store = ArtifactStore {
         source,
         layers: m.layers,
     };
-    apply(repo, &mut store, booted_commit)
-        .with_context(|| format!("applying the delta {booted_digest} → {target_digest}"))
-        .map(Some)
+    apply(repo, &mut store, base)
 }

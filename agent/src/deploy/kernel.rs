@@ -36,49 +36,37 @@ fn is_regular(p: &Path) -> bool {
     fs::symlink_metadata(p).is_ok_and(|m| m.is_file())
 }
 
-/// Look for `usr/lib/modules/$kver/vmlinuz` (first kver in name order) with its optional
-/// `initramfs.img` and `devicetree`.
+/// Find the kernel the way the importer does ([`crate::import::find_kernel`]:
+/// `usr/lib/modules/$kver/vmlinuz` with its optional `initramfs.img` and `devicetree`, else
+/// `boot/vmlinuz-$kver` as Debian-style images have it) and compute the boot checksum.
+/// A `dtb/` directory is not copied to `/boot` (only a single `devicetree` file is).
 pub fn find(root: &Path) -> Result<BootFiles> {
-    let modules = root.join("usr/lib/modules");
-    let mut names: Vec<String> = match fs::read_dir(&modules) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", modules.display())),
+    let Some(kernel) = crate::import::find_kernel(root)? else {
+        bail!(
+            "no kernel in the image: expected usr/lib/modules/<kernel version>/vmlinuz (with \
+             initramfs.img next to it) or boot/vmlinuz-<kernel version>; the image must be bootable"
+        )
     };
-    names.sort();
-    for kver in names {
-        let dir = modules.join(&kver);
-        let vmlinuz = dir.join("vmlinuz");
-        if !is_regular(&vmlinuz) {
-            continue;
-        }
-        let initramfs = ["initramfs.img", "initramfs"]
-            .iter()
-            .map(|n| dir.join(n))
-            .find(|p| is_regular(p));
-        let devicetree = Some(dir.join("devicetree")).filter(|p| is_regular(p));
-        let mut h = Sha256::new();
-        for p in [Some(&vmlinuz), initramfs.as_ref(), devicetree.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
-            io::copy(&mut f, &mut h).with_context(|| format!("reading {}", p.display()))?;
-        }
-        let bootcsum = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        return Ok(BootFiles {
-            kver,
-            vmlinuz,
-            initramfs,
-            devicetree,
-            bootcsum,
-        });
+    let vmlinuz = root.join(&kernel.vmlinuz);
+    let initramfs = kernel.initramfs.map(|p| root.join(p));
+    let devicetree = kernel
+        .devicetree
+        .map(|p| root.join(p))
+        .filter(|p| is_regular(p));
+    let mut h = Sha256::new();
+    for p in [Some(&vmlinuz), initramfs.as_ref(), devicetree.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        io::copy(&mut f, &mut h).with_context(|| format!("reading {}", p.display()))?;
     }
-    bail!(
-        "no kernel in the image: expected usr/lib/modules/<kernel version>/vmlinuz (with \
-         initramfs.img next to it); the image must be bootable"
-    )
+    let bootcsum = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(BootFiles {
+        kver: kernel.version,
+        vmlinuz,
+        initramfs,
+        devicetree,
+        bootcsum,
+    })
 }

@@ -96,9 +96,31 @@ pub struct DeployOptions {
     pub kargs: Option<Vec<String>>,
 }
 
-/// A hook run right before the bootloader switch, with the new default deployment (used to arm
-/// the boot counter). An error aborts the deploy and leaves the old default in place.
-pub type BeforeSwitch<'a> = &'a mut dyn FnMut(&Deployment) -> Result<()>;
+/// A hook run right before the bootloader switch (used to arm the boot counter). An error aborts
+/// the deploy and leaves the old default in place.
+pub type BeforeSwitch<'a> = &'a mut dyn FnMut(&Switch<'_>) -> Result<()>;
+
+/// What [`BeforeSwitch`] sees: the new boot version, complete on disk but not yet active.
+#[derive(Debug)]
+pub struct Switch<'a> {
+    /// The new deployment list in boot order (index 0 = the new default).
+    pub deployments: &'a [Deployment],
+    /// The loader directory being switched to (`SYSROOT/boot/loader.N`); its `entries/` hold
+    /// the new BLS entries. `SYSROOT/boot/loader` points here after the switch.
+    pub loader_dir: &'a Path,
+}
+
+impl Switch<'_> {
+    /// The deployment that becomes the default.
+    pub fn new_default(&self) -> &Deployment {
+        &self.deployments[0]
+    }
+
+    /// The entry the bootloader falls back to (the second one), if there is one.
+    pub fn fallback(&self) -> Option<&Deployment> {
+        self.deployments.get(1)
+    }
+}
 
 /// What [`Sysroot::cleanup`] removed.
 #[derive(Debug, Default, Clone)]
@@ -551,6 +573,28 @@ impl Sysroot {
         Ok(new)
     }
 
+    /// Make deployment `index` (of [`Sysroot::deployments`]) the default, keeping the order of
+    /// the others (used after a bootloader fallback: the booted deployment becomes the default).
+    /// Returns the new default.
+    pub fn promote(&mut self, index: usize) -> Result<Deployment> {
+        self.require_lock()?;
+        if index >= self.deployments.len() {
+            bail!(
+                "no deployment {index} in {} ({} deployments)",
+                self.path.display(),
+                self.deployments.len()
+            );
+        }
+        let mut list = self.deployments.clone();
+        let d = list.remove(index);
+        list.insert(0, d.clone());
+        if index != 0 {
+            self.write_deployments(list, &mut |_| Ok(()))?;
+            self.cleanup()?;
+        }
+        Ok(d)
+    }
+
     /// Write a new ordered deployment list (index 0 = default) with a full boot-version swap.
     /// `before_switch` runs right before the commit point (the `boot/loader` rename).
     pub fn write_deployments(
@@ -585,6 +629,10 @@ impl Sysroot {
             let file = entries_dir.join(format!("ostree-{}-{}.conf", n - i, d.stateroot));
             write_atomic(&file, entry.to_text().as_bytes(), 0o644)?;
         }
+        // U-Boot boards boot from ostree's uEnv.txt (default + rollback entry); like ostree's
+        // uboot backend it is regenerated when the current loader has one.
+        otter_board::sync_uenv(&self.path, &loader_dir)
+            .with_context(|| format!("writing uEnv.txt in {}", loader_dir.display()))?;
         fsync_dir(&loader_dir)?;
 
         // Bootlinks for the new boot version.
@@ -613,7 +661,11 @@ impl Sysroot {
                 .set_ref(&format!("ostree/{nbv}/{nsbv}/{i}"), Some(&d.checksum))?;
         }
 
-        before_switch(&list[0]).context("preparing the switch to the new deployment")?;
+        before_switch(&Switch {
+            deployments: &list,
+            loader_dir: &loader_dir,
+        })
+        .context("preparing the switch to the new deployment")?;
 
         fsops::syncfs(&self.path)?;
         fsops::syncfs(&boot)?;

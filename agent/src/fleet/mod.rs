@@ -31,6 +31,7 @@
 //! truncated, unknown op or field, over [`daemon::MAX_COMMAND_BYTES`]) get
 //! `{"id":…,"event":"error","message":…}` and the daemon carries on.
 
+pub mod actions;
 pub mod codec;
 pub mod daemon;
 pub mod fleetlock;

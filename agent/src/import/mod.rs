@@ -822,10 +822,14 @@ fn boot_fallback(entries: impl Iterator<Item = (String, bool)>) -> Option<Kernel
         .iter()
         .find(|(n, reg)| **reg && n.starts_with("vmlinuz-") && n.len() > "vmlinuz-".len())?;
     let kver = name["vmlinuz-".len()..].to_string();
-    let initramfs = [format!("initramfs-{kver}.img"), format!("initramfs-{kver}")]
-        .into_iter()
-        .find(|n| entries.get(n) == Some(&true))
-        .map(|n| format!("boot/{n}"));
+    let initramfs = [
+        format!("initramfs-{kver}.img"),
+        format!("initramfs-{kver}"),
+        format!("initrd.img-{kver}"),
+    ]
+    .into_iter()
+    .find(|n| entries.get(n) == Some(&true))
+    .map(|n| format!("boot/{n}"));
     let devicetree = [format!("devicetree-{kver}")]
         .into_iter()
         .find(|n| entries.get(n) == Some(&true))

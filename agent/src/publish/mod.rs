@@ -4,6 +4,7 @@
 //!
 //! Never part of the device build: it links the `minisign` crate (secret keys, scrypt).
 
+pub mod delta;
 pub mod keys;
 pub mod layout;
 pub mod registry;
@@ -129,6 +130,33 @@ impl Store {
             Store::Layout(l, _) => l.attach(subject, statement, signature),
             Store::Registry(r, _) => r.attach(subject, statement, signature),
         }
+    }
+
+    /// Store `blobs` and the artifact manifest `manifest` (descriptor `desc`) referring to
+    /// `subject`, and make it findable (layout index entry / registry referrers or fallback tag).
+    pub fn attach_artifact(
+        &mut self,
+        subject: &ArtifactDescriptor,
+        blobs: &[&[u8]],
+        manifest: &[u8],
+        desc: &ArtifactDescriptor,
+    ) -> Result<()> {
+        match self {
+            Store::Layout(l, _) => {
+                for b in blobs {
+                    l.write_blob(b)?;
+                }
+                l.write_blob(manifest)?;
+                l.add_index_entry(desc)?;
+            }
+            Store::Registry(r, _) => {
+                for b in blobs {
+                    r.push_blob(b)?;
+                }
+                r.push_referrer(subject, manifest, desc)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn artifacts(&mut self) -> &mut dyn ArtifactStore {

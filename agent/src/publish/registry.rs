@@ -272,11 +272,24 @@ impl Registry {
         self.push_blob(signature)?;
         let mut desc = ArtifactDescriptor::for_bytes(OCI_MANIFEST_MEDIA_TYPE, &bytes);
         desc.artifact_type = manifest.artifact_type.clone();
-        let indexed = self.push_manifest(&desc.digest, OCI_MANIFEST_MEDIA_TYPE, &bytes)?;
-        if !indexed && self.referrers_api(&subject.digest)?.is_none() {
-            self.update_fallback_tag(&subject.digest, &desc)?;
-        }
+        self.push_referrer(subject, &bytes, &desc)?;
         Ok(desc)
+    }
+
+    /// Push the artifact manifest `bytes` (descriptor `desc`, blobs already pushed) that refers
+    /// to `subject`, and add it to the `sha256-<hex>` fallback index unless the registry indexes
+    /// referrers itself.
+    pub fn push_referrer(
+        &mut self,
+        subject: &ArtifactDescriptor,
+        bytes: &[u8],
+        desc: &ArtifactDescriptor,
+    ) -> Result<()> {
+        let indexed = self.push_manifest(&desc.digest, OCI_MANIFEST_MEDIA_TYPE, bytes)?;
+        if !indexed && self.referrers_api(&subject.digest)?.is_none() {
+            self.update_fallback_tag(&subject.digest, desc)?;
+        }
+        Ok(())
     }
 
     /// Merge `desc` into the `sha256-<hex>` index for `subject`.

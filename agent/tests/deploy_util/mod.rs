@@ -181,3 +181,32 @@ fn sha(d: &[u8]) -> String {
     let h = sha2::Sha256::digest(d);
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// An OCI layout with tags v1 and v2 (umoci), bootable-looking trees with different kernels.
+pub fn build_images(work: &Path) -> PathBuf {
+    let layout = work.join("layout");
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    for v in ["1", "2"] {
+        let img = format!("{}:v{v}", layout.display());
+        run(Command::new("umoci").args(["new", "--image", &img]));
+        let bundle = work.join(format!("bundle-{v}"));
+        run(Command::new("umoci")
+            .args(["unpack", "--image", &img])
+            .arg(&bundle));
+        let rootfs = bundle.join("rootfs");
+        make_os_tree(&rootfs, v, v, v);
+        fs::rename(rootfs.join("usr/etc"), rootfs.join("etc")).unwrap();
+        run(Command::new("umoci")
+            .args(["repack", "--image", &img])
+            .arg(&bundle));
+        run(Command::new("umoci").args([
+            "config",
+            "--image",
+            &img,
+            &format!("--config.label=org.opencontainers.image.version={v}"),
+        ]));
+    }
+    layout
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Pull benchmark: a >= 500 MB image (Debian bookworm arm64 with a kernel, from mmdebstrap, one gzip
+# layer) pushed by skopeo to a loopback docker-registry, then
+#   otter:  `otter install docker://…`  (resumable journaled download + verify + import + deploy)
+#   skopeo: `skopeo copy docker://… oci:DIR` (download + verify only)
+# Prints wall time, throughput (compressed MiB/s) and peak RSS of each, and the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh >/dev/null
+command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap >/dev/null
+
+cache=bench/.cache
+mkdir -p "$cache"
+rootfs_tar=$cache/A.tar   # shared with bench/delta.sh
+if [ ! -s "$rootfs_tar" ]; then
+  echo "== building the arm64 bench rootfs with mmdebstrap (once, cached in $cache)"
+  mmdebstrap --variant=extract --arch=arm64 --include=linux-image-arm64,openssh-server,curl,ca-certificates \
+    bookworm "$cache/A.part.tar" >"$cache/A.log" 2>&1
+  mv "$cache/A.part.tar" "$rootfs_tar"
+fi
+layout=$cache/pull-layout
+if [ ! -d "$layout" ]; then
+  rm -rf "$layout.part"
+  umoci init --layout "$layout.part"
+  umoci new --image "$layout.part:bench"
+  umoci raw add-layer --image "$layout.part:bench" "$rootfs_tar"
+  umoci config --image "$layout.part:bench" --architecture arm64 --os linux \
+    --config.label org.opencontainers.image.version=1
+  mv "$layout.part" "$layout"
+fi
+cargo build --release -q -p otter
+otter=$PWD/target/release/otter
+
+work=$(mktemp -d /var/tmp/otter-pull.XXXXXX)
+registry_pid=
+cleanup() { [ -z "$registry_pid" ] || kill "$registry_pid" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$work/registry.yml" <<YML
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: 127.0.0.1:$port
+log:
+  level: error
+YML
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 </dev/null &
+registry_pid=$!
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.2; done
+skopeo copy -q --dest-tls-verify=false "oci:$layout:bench" "docker://127.0.0.1:$port/bench/os:1"
+printf '[update]\nplatform = linux/arm64\n' >"$work/otter.conf"
+
+measure() { # name, command...: prints "seconds peak_kib"
+  local out=$work/$1.time
+  shift
+  sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+  /usr/bin/time -f "%e %M" -o "$out" "$@" >"$work/cmd.log" 2>&1 || { cat "$work/cmd.log" >&2; kill $$; exit 1; }
+  cat "$out"
+}
+read -r otter_s otter_kib < <(measure otter "$otter" --config "$work/otter.conf" install \
+  --sysroot "$work/sysroot" --no-signature-verification "docker://127.0.0.1:$port/bench/os:1")
+read -r skopeo_s skopeo_kib < <(measure skopeo skopeo copy -q --src-tls-verify=false \
+  "docker://127.0.0.1:$port/bench/os:1" "oci:$work/skopeo-out:1")
+
+size=$(find "$layout/blobs/sha256" -type f -printf '%s\n' | sort -n | tail -n1)
+python3 - "$size" "$otter_s" "$otter_kib" "$skopeo_s" "$skopeo_kib" <<'PY'
+import sys
+size, os_, okib, ss, skib = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+mib = size / 2**20
+print(f"image: one gzip layer of {mib:.1f} MiB (Debian bookworm arm64 + kernel)")
+print(f"{'':44}{'wall s':>8}{'MiB/s':>8}{'peak RSS MiB':>14}")
+print(f"{'otter install (pull+verify+import+deploy)':44}{os_:8.1f}{mib/os_:8.1f}{okib/1024:14.1f}")
+print(f"{'skopeo copy docker:// oci: (pull+verify)':44}{ss:8.1f}{mib/ss:8.1f}{skib/1024:14.1f}")
+print(f"ratio otter / skopeo: throughput {ss/os_:.2f}, peak RSS {okib/skib:.2f}")
+PY
