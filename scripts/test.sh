@@ -22,7 +22,7 @@ echo "== cargo test"
 cargo test --workspace --all-features 2>&1
 
 echo "== fuzz (each target 20 s)"
-fuzz/run.sh 20
+fuzz/run.sh 10
 
 echo "== static aarch64 device binaries"
 cargo build --release --target aarch64-unknown-linux-musl -p otter -p otter-boot
