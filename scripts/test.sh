@@ -21,7 +21,7 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== cargo test"
 cargo test --workspace --all-features 2>&1
 
-echo "== fuzz (each target 20 s)"
+echo "== fuzz (each target 10 s)"
 fuzz/run.sh 10
 
 echo "== static aarch64 device binaries"
