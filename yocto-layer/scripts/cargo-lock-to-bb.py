@@ -119,9 +119,11 @@ def crates_from_lock(lock: dict, path: Path) -> list[tuple[str, str, str]]:
 
 
 def render(crates: list[tuple[str, str, str]]) -> str:
-    lines = [HEADER.format(count=len(crates)), 'SRC_URI += " \\']
-    lines += [f"    crate://crates.io/{n}/{v} \\" for n, v, _ in crates]
-    lines.append('"')
+    # oelint-adv style: first entry on the assignment line, continuation lines indented to it
+    uris = [f"crate://crates.io/{n}/{v}" for n, v, _ in crates]
+    pad = " " * len('SRC_URI += "')
+    body = (" \\\n" + pad).join(uris)
+    lines = [HEADER.format(count=len(crates)), f'SRC_URI += "{body} \\', pad[:-1] + '"']
     lines.append("")
     lines += [f'SRC_URI[{n}-{v}.sha256sum] = "{c}"' for n, v, c in crates]
     return "\n".join(lines) + "\n"

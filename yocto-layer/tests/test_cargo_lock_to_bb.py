@@ -83,7 +83,7 @@ class CargoLockToBb(unittest.TestCase):
         r = run("--lock", self.lock, "--out", self.out, "--check")
         self.assertEqual(r.returncode, 1)
         self.assertIn("out of date", r.stderr)
-        self.assertIn("+    crate://crates.io/zeta/1.0.1", r.stderr)
+        self.assertRegex(r.stderr, r"\n  \+ *(SRC_URI \+= \")?crate://crates\.io/zeta/1\.0\.1")
         self.assertEqual(before, self.out.read_bytes())
 
     def test_check_fails_when_inc_missing(self):

@@ -1,0 +1,100 @@
+SUMMARY = "otter OTA update agent"
+DESCRIPTION = "Pulls the OS as a signed OCI image, imports it into ostree, deploys it beside \
+               the running system, boots it with boot counting and rolls back when health \
+               checks fail."
+
+require otter-common.inc
+
+inherit cargo
+
+# The workspace root has the Cargo.lock; the agent is the `otter` package in agent/.
+CARGO_SRC_DIR = "agent"
+CARGO_LOCK_PATH = "${S}/Cargo.lock"
+
+SRC_URI += "file://otter.conf"
+
+# Cargo features of the `otter` crate (comma or space separated), e.g. publisher tools.
+OTTER_CARGO_FEATURES ??= ""
+
+PACKAGECONFIG ??= "${@bb.utils.filter('DISTRO_FEATURES', 'systemd', d)}"
+# systemd: install the agent's units (agent/data/systemd/*.service|*.timer) and a preset
+PACKAGECONFIG[systemd] = ",,,"
+
+# Minisign public keys trusted for updates, installed to ${sysconfdir}/otter/keys.d/.
+# Absolute paths or file names found in FILESPATH (e.g. a bbappend's files/ dir).
+# There is no default key: an image without keys cannot verify any update.
+OTTER_TRUSTED_KEYS ??= ""
+
+# Units matching these patterns are enabled by the systemd preset.
+OTTER_SYSTEMD_PRESET ??= "otter*.service otter*.timer"
+
+do_compile() {
+    if [ -n "${OTTER_CARGO_FEATURES}" ]; then
+        oe_cargo_build --features "$(echo ${OTTER_CARGO_FEATURES} | tr ' ' ',')"
+    else
+        oe_cargo_build
+    fi
+}
+
+python do_otter_keys() {
+    import shutil
+    outdir = os.path.join(d.getVar("WORKDIR"), "otter-keys")
+    bb.utils.remove(outdir, recurse=True)
+    bb.utils.mkdirhier(outdir)
+    keys = (d.getVar("OTTER_TRUSTED_KEYS") or "").split()
+    if not keys:
+        bb.warn("OTTER_TRUSTED_KEYS is empty: %s/otter/keys.d stays empty and the device will "
+                "refuse signed updates until a minisign public key is put there" % d.getVar("sysconfdir"))
+    seen = set()
+    for k in keys:
+        path = k if os.path.isabs(k) else bb.utils.which(d.getVar("FILESPATH"), k)
+        if not path or not os.path.isfile(path):
+            bb.fatal("OTTER_TRUSTED_KEYS: %s not found (give an absolute path or a file in FILESPATH)" % k)
+        with open(path, "r", errors="replace") as f:
+            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+        if len(lines) != 2 or not lines[0].startswith("untrusted comment:") or not lines[1].startswith("RW"):
+            bb.fatal("OTTER_TRUSTED_KEYS: %s is not a minisign public key (want 2 lines: "
+                     "'untrusted comment: ...' and a base64 key starting with RW)" % path)
+        name = os.path.basename(path)
+        if not name.endswith(".pub"):
+            name += ".pub"
+        if name in seen:
+            bb.fatal("OTTER_TRUSTED_KEYS: two keys named %s" % name)
+        seen.add(name)
+        shutil.copyfile(path, os.path.join(outdir, name))
+}
+do_otter_keys[vardeps] += "OTTER_TRUSTED_KEYS"
+do_otter_keys[file-checksums] += "${@' '.join('%s:True' % k for k in (d.getVar('OTTER_TRUSTED_KEYS') or '').split() if os.path.isabs(k))}"
+do_otter_keys[doc] = "Check the OTTER_TRUSTED_KEYS minisign public keys and stage them for do_install"
+addtask otter_keys after do_unpack before do_install
+
+do_install() {
+    install -d ${D}${bindir}
+    install -m 0755 ${B}/target/${CARGO_TARGET_SUBDIR}/otter ${D}${bindir}/otter
+
+    install -d ${D}${sysconfdir}/otter/keys.d ${D}${nonarch_libdir}/otter/keys.d
+    install -m 0644 ${OTTER_UNPACKDIR}/otter.conf ${D}${sysconfdir}/otter/otter.conf
+    for k in ${WORKDIR}/otter-keys/*.pub; do
+        [ -e "$k" ] || continue
+        install -m 0644 "$k" ${D}${sysconfdir}/otter/keys.d/
+    done
+    install -d ${D}${localstatedir}/lib/otter
+
+    if ${@bb.utils.contains('PACKAGECONFIG', 'systemd', 'true', 'false', d)}; then
+        install -d ${D}${systemd_system_unitdir} ${D}${systemd_unitdir}/system-preset
+        for unit in ${S}/agent/data/systemd/*.service ${S}/agent/data/systemd/*.timer; do
+            [ -e "$unit" ] || continue
+            install -m 0644 "$unit" ${D}${systemd_system_unitdir}/
+        done
+        : > ${D}${systemd_unitdir}/system-preset/80-otter.preset
+        for pattern in ${OTTER_SYSTEMD_PRESET}; do
+            echo "enable $pattern" >> ${D}${systemd_unitdir}/system-preset/80-otter.preset
+        done
+    fi
+}
+
+FILES:${PN} += "${nonarch_libdir}/otter ${systemd_system_unitdir} ${systemd_unitdir}/system-preset"
+CONFFILES:${PN} = "${sysconfdir}/otter/otter.conf"
+RDEPENDS:${PN} = "otter-boot"
+
+BBCLASSEXTEND = "native"
