@@ -279,6 +279,56 @@ class RootfsToOci(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(scratch)), ["notalayout"])
 
 
+class RootfsToOciUsrmerge(unittest.TestCase):
+    """usrmerge rootfs (/lib -> usr/lib), kernel/initramfs/dtb given from DEPLOY_DIR_IMAGE."""
+
+    def test_usrmerge_with_external_kernel_initramfs_dtb(self):
+        with tempfile.TemporaryDirectory(prefix="otter-yocto-um-") as t:
+            t = Path(t)
+            r = t / "rootfs"
+            (r / f"usr/lib/modules/{KVER}").mkdir(parents=True)
+            (r / "usr/bin").mkdir(parents=True)
+            (r / "etc").mkdir()
+            os.symlink("usr/lib", r / "lib")
+            os.symlink("usr/bin", r / "bin")
+            (r / f"usr/lib/modules/{KVER}/modules.dep").write_text("")
+            (r / "etc/os-release").write_text("ID=poky\n")
+            deploy = t / "deploy"
+            deploy.mkdir()
+            (deploy / "Image").write_bytes(b"kernel")
+            (deploy / "core-image-initramfs.cpio.gz").write_bytes(b"initrd")
+            (deploy / "virt.dtb").write_bytes(b"dtb")
+            res = convert(r, t / "oci", "--kernel", deploy / "Image", "--initramfs",
+                          deploy / "core-image-initramfs.cpio.gz", "--dtb", deploy / "virt.dtb")
+            self.assertEqual(res.returncode, 0, res.stderr)
+            bundle = t / "bundle"
+            sh(need("umoci"), "unpack", "--image", f"{t / 'oci'}:1.2.3", bundle)
+            u = bundle / "rootfs"
+            k = u / "usr/lib/modules" / KVER
+            self.assertEqual((k / "vmlinuz").read_bytes(), b"kernel")
+            self.assertEqual((k / "initramfs.img").read_bytes(), b"initrd")
+            self.assertEqual((k / "dtb/virt.dtb").read_bytes(), b"dtb")
+            self.assertEqual(os.readlink(u / "lib"), "usr/lib")
+            self.assertEqual((u / "usr/etc/os-release").read_text(), "ID=poky\n")
+            self.assertFalse((u / "etc").exists())
+
+    def test_two_module_dirs_need_an_explicit_kernel_version(self):
+        with tempfile.TemporaryDirectory(prefix="otter-yocto-um-") as t:
+            t = Path(t)
+            r = t / "rootfs"
+            for v in ("6.1.0", "6.6.0"):
+                (r / f"usr/lib/modules/{v}").mkdir(parents=True)
+            (r / "boot").mkdir()
+            (r / "boot/Image").write_bytes(b"k")
+            res = convert(r, t / "oci")
+            self.assertEqual(res.returncode, 2)
+            self.assertIn("--kernel-version", res.stderr)
+            self.assertFalse((t / "oci").exists())
+            res = convert(r, t / "oci", "--kernel-version", "6.6.0")
+            self.assertEqual(res.returncode, 0, res.stderr)
+            self.assertEqual(json.loads(res.stdout)["kernel_version"], "6.6.0")
+
+
 class OtterInstall(unittest.TestCase):
     """The layout installs with the real agent: `otter install --sysroot S --no-signature-verification`.
 

@@ -96,8 +96,12 @@ IMAGE_CMD:otter-sysroot[doc] = "Install the OCI layout into an empty ostree sysr
 do_image_otter_sysroot[depends] += "otter-native:do_populate_sysroot"
 do_image_otter_sysroot[vardeps] += "OTTER_INSTALL_ARGS OTTER_SYSROOT_DIR"
 
-# wic: FAT boot partition (boot.scr, uboot.env) + ext4 root holding the otter sysroot
+# wic: FAT firmware partition (boot.scr, uboot.env) + ext4 root holding the otter sysroot,
+# the layout of the U-Boot board profiles (board-support/boards/*.conf: [partition.firmware]
+# label FIRMWARE mounted at /boot/firmware, [partition.root] label otter-root, GPT)
 WKS_FILE ??= "otter-uboot.wks.in"
+OTTER_FIRMWARE_LABEL ??= "FIRMWARE"
+OTTER_FIRMWARE_SIZE ??= "32M"
 OTTER_WIC_BOOTIMG_PLUGIN ??= "${@'bootimg-partition' if 'scarthgap' in (d.getVar('LAYERSERIES_CORENAMES') or '') else 'bootimg_partition'}"
 IMAGE_BOOT_FILES:append = " boot.scr uboot.env"
 do_image_wic[depends] += "otter-boot-script:do_deploy"
@@ -107,7 +111,7 @@ WIC_CREATE_EXTRA_ARGS:append = " --no-fstab-update"
 # mount the FAT boot partition (boot.scr, uboot.env) at /boot/firmware
 otter_boot_firmware_fstab() {
     if ! grep -q '/boot/firmware' ${IMAGE_ROOTFS}${sysconfdir}/fstab 2>/dev/null; then
-        echo "LABEL=boot /boot/firmware vfat defaults,noatime 0 2" >> ${IMAGE_ROOTFS}${sysconfdir}/fstab
+        echo "LABEL=${OTTER_FIRMWARE_LABEL} /boot/firmware vfat defaults,noatime 0 2" >> ${IMAGE_ROOTFS}${sysconfdir}/fstab
     fi
 }
 otter_boot_firmware_fstab[doc] = "Add the /boot/firmware mount of the FAT boot partition to fstab"

@@ -1,6 +1,6 @@
 # otter boot counting in U-Boot: inherited by the u-boot bbappend when DISTRO_FEATURES has
-# "otter". Enables U-Boot's bootcount (stored in the environment while upgrade_available=1)
-# and adds bootlimit / upgrade_available / altbootcmd to the board's default environment
+# "otter" and the machine sets OTTER_UBOOT_BOOTCOUNT = "native". Enables U-Boot's bootcount
+# (stored in the environment while upgrade_available=1) and adds bootlimit / upgrade_available / altbootcmd to the board's default environment
 # (OTTER_UBOOT_BOARD_ENV, U-Boot's board/<vendor>/<board>/<board>.env text file).
 #
 # Why this class is not MACHINE/DISTRO-override-scoped (oelint.vars.noncoreoverride): it is
@@ -9,10 +9,8 @@
 
 # nooelint: oelint.vars.noncoreoverride
 SRC_URI += "file://otter-bootcount.cfg"
-# qemuarm64: environment in uboot.env on the FAT boot partition (virtio 0:1), because QEMU's
-# pflash loses U-Boot `saveenv` writes (QEMU issue #2343).
-# nooelint: oelint.vars.noncoreoverride
-SRC_URI:append:qemuarm64 = " file://otter-env-fat-virtio.cfg"
+# Where the environment lives is the board's business: add a config fragment (.cfg) for it in
+# your BSP (e.g. CONFIG_ENV_IS_IN_MMC, CONFIG_SYS_REDUNDAND_ENVIRONMENT) matching fw_env.config.
 
 # nooelint: oelint.vars.noncoreoverride
 do_otter_uboot_env() {

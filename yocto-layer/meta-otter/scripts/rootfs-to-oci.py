@@ -254,6 +254,8 @@ def plan_tree(args: argparse.Namespace) -> Plan:
                     plan.notes.append(f"dropped /{rel} (/boot is managed by the bootloader integration)")
             elif name.endswith(".dtb") and stat.S_ISREG(st.st_mode):  # /boot/dtb/vendor/x.dtb
                 boot_dtbs.append((name, p, st))
+            elif not stat.S_ISDIR(st.st_mode):
+                plan.notes.append(f"dropped /{rel} (/boot is managed by the bootloader integration)")
             continue
         if head == "var":
             if len(parts) == 1:

@@ -7,7 +7,7 @@ require recipes-otter/otter/otter-source.inc
 
 inherit deploy
 
-DEPENDS += "u-boot-tools-native"
+DEPENDS += "otter-board-native u-boot-tools-native"
 
 PACKAGE_ARCH = "${MACHINE_ARCH}"
 
@@ -21,7 +21,9 @@ OTTER_UBOOT_ENV_NAME ??= "uboot.env"
 OTTER_UBOOT_ENV_VARS ??= "bootlimit=${OTTER_BOOTLIMIT} bootcount=0 upgrade_available=0"
 # Start from U-Boot's own default environment when the machine uses U-Boot, so the env file
 # can also be U-Boot's env store (CONFIG_ENV_IS_IN_FAT); empty = only the otter variables.
-OTTER_UBOOT_ENV_BASE ??= "${@'${DEPLOY_DIR_IMAGE}/u-boot-initial-env-${MACHINE}' if d.getVar('PREFERRED_PROVIDER_virtual/bootloader') == 'u-boot' else ''}"
+# Only for OTTER_UBOOT_BOOTCOUNT = "native" where uboot.env is U-Boot's env store.
+OTTER_UBOOT_ENV_BASE ??= "${@'${DEPLOY_DIR_IMAGE}/u-boot-initial-env-${MACHINE}' if d.getVar('OTTER_UBOOT_BOOTCOUNT') == 'native' else ''}"
+do_compile[vardeps] += "OTTER_BOARD OTTER_UBOOT_ENV_SIZE OTTER_BOOTLIMIT OTTER_UBOOT_ALTBOOTCMD"
 do_compile[depends] += "${@'virtual/bootloader:do_deploy' if d.getVar('OTTER_UBOOT_ENV_BASE') else ''}"
 
 def otter_mkimage_arch(d):
@@ -47,7 +49,15 @@ do_compile() {
         echo "$kv" >> ${B}/otter-env.txt
     done
     echo "altbootcmd=${OTTER_UBOOT_ALTBOOTCMD}" >> ${B}/otter-env.txt
-    uboot-mkenvimage -s ${OTTER_UBOOT_ENV_SIZE} -o ${B}/${OTTER_UBOOT_ENV_NAME} ${B}/otter-env.txt
+
+    # env size: OTTER_UBOOT_ENV_SIZE, else the SIZE column of the board's fw_env.config
+    size="${OTTER_UBOOT_ENV_SIZE}"
+    if [ -z "$size" ]; then
+        size=$(otter-board file ${OTTER_BOARD} fw_env.config | awk '!/^#/ && NF >= 3 { print $3; exit }')
+        [ -n "$size" ] || bbfatal "board ${OTTER_BOARD} has no U-Boot env size (fw_env.config); set OTTER_UBOOT_ENV_SIZE"
+    fi
+    case "$size" in 0x*|0X*) ;; *) size="0x$size" ;; esac  # fw_env.config sizes are hex
+    uboot-mkenvimage -s $size -o ${B}/${OTTER_UBOOT_ENV_NAME} ${B}/otter-env.txt
 }
 
 do_install[noexec] = "1"
