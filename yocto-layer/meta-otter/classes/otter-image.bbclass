@@ -27,7 +27,11 @@ OTTER_INITRAMFS ??= ""
 # unless they run with signature verification off)
 OTTER_SIGNING_KEY ??= ""
 OTTER_PUBLISH ??= "otter-publish"
-OTTER_PUBLISH_SIGN_ARGS ??= "--key ${OTTER_SIGNING_KEY}"
+# the release statement binds version and board (anti-rollback, board check on the device).
+# Secrets stay out of the datastore (it is written to task scripts and logs): use a key file
+# readable only by the build user, or leave OTTER_SIGNING_KEY empty and sign the deployed
+# layout outside bitbake with `otter-publish sign` (password from OTTER_PUBLISH_PASSWORD).
+OTTER_PUBLISH_SIGN_ARGS ??= "--key ${OTTER_SIGNING_KEY} --version ${OTTER_IMAGE_VERSION} ${@'--board ' + d.getVar('OTTER_BOARD') if d.getVar('OTTER_BOARD') else ''}"
 OTTER_PUBLISH_DEPENDS ??= "otter-native:do_populate_sysroot"
 
 OTTER_SYSROOT_DIR ??= "${WORKDIR}/otter-sysroot"

@@ -13,12 +13,18 @@ CARGO_LOCK_PATH = "${S}/Cargo.lock"
 
 SRC_URI += "file://otter.conf"
 
-# Cargo features of the `otter` crate (comma or space separated), e.g. publisher tools.
+# Extra cargo features of the `otter` crate (space separated).
 OTTER_CARGO_FEATURES ??= ""
 
 PACKAGECONFIG ??= "${@bb.utils.filter('DISTRO_FEATURES', 'systemd', d)}"
+# the build host signs images (otter-image.bbclass do_otter_sign) with otter-native
+PACKAGECONFIG:class-native ??= "publish"
 # systemd: install the agent's units (agent/data/systemd/*.service|*.timer) and a preset
 PACKAGECONFIG[systemd] = ",,,"
+# publish: also build and install otter-publish (cargo feature "publish": keygen/sign/export);
+# publisher-only code, so not for devices
+PACKAGECONFIG[publish] = ",,,"
+OTTER_FEATURES = "${OTTER_CARGO_FEATURES} ${@bb.utils.contains('PACKAGECONFIG', 'publish', 'publish', '', d)}"
 
 # Minisign public keys trusted for updates, installed to ${sysconfdir}/otter/keys.d/.
 # Absolute paths or file names found in FILESPATH (e.g. a bbappend's files/ dir).
@@ -29,8 +35,9 @@ OTTER_TRUSTED_KEYS ??= ""
 OTTER_SYSTEMD_PRESET ??= "otter*.service otter*.timer"
 
 do_compile() {
-    if [ -n "${OTTER_CARGO_FEATURES}" ]; then
-        oe_cargo_build --features "$(echo ${OTTER_CARGO_FEATURES} | tr ' ' ',')"
+    features="$(echo ${OTTER_FEATURES} | tr ' ' ',')"
+    if [ -n "$features" ]; then
+        oe_cargo_build --features "$features"
     else
         oe_cargo_build
     fi
@@ -71,6 +78,9 @@ addtask otter_keys after do_unpack before do_install
 do_install() {
     install -d ${D}${bindir}
     install -m 0755 ${B}/target/${CARGO_TARGET_SUBDIR}/otter ${D}${bindir}/otter
+    if ${@bb.utils.contains('PACKAGECONFIG', 'publish', 'true', 'false', d)}; then
+        install -m 0755 ${B}/target/${CARGO_TARGET_SUBDIR}/otter-publish ${D}${bindir}/otter-publish
+    fi
 
     install -d ${D}${sysconfdir}/otter/keys.d ${D}${nonarch_libdir}/otter/keys.d
     install -m 0644 ${OTTER_UNPACKDIR}/otter.conf ${D}${sysconfdir}/otter/otter.conf
