@@ -22,11 +22,15 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 >=
 echo "== oelint-adv (meta-otter)"
 venv=${XDG_CACHE_HOME:-$HOME/.cache}/otter-oelint
 oelint_version=9.11.2
-if [ ! -x "$venv/bin/oelint-adv" ] || ! "$venv/bin/oelint-adv" --version 2>/dev/null | grep -qx "oelint-adv $oelint_version"; then
+kas_version=5.5
+if ! "$venv/bin/oelint-adv" --version 2>/dev/null | grep -qx "oelint-adv $oelint_version" \
+   || ! "$venv/bin/kas" --version 2>&1 | grep -q "kas $kas_version"; then
   log=$(mktemp)
-  if ! { python3 -m venv "$venv" && "$venv/bin/pip" install --disable-pip-version-check -q "oelint-adv==$oelint_version"; } >"$log" 2>&1; then
+  if ! { python3 -m venv "$venv" && "$venv/bin/pip" install --disable-pip-version-check -q \
+           "oelint-adv==$oelint_version" "kas==$kas_version"; } >"$log" 2>&1; then
     cat "$log" >&2
-    die "could not install oelint-adv into $venv (needs python3-venv and access to PyPI)"
+    rm -f "$log"
+    die "could not install oelint-adv and kas into $venv (needs python3-venv and access to PyPI)"
   fi
   rm -f "$log"
 fi
@@ -38,6 +42,21 @@ for release in scarthgap wrynose; do
     || die "oelint-adv --release=$release found problems (fix them, or suppress with a reason in yocto-layer/.oelint.cfg)"
 done
 echo "   ${#files[@]} files clean for scarthgap and wrynose"
+
+echo "== kas/qemuarm64.yml against kas $kas_version's schema"
+"$venv/bin/python" - "$layer/kas/qemuarm64.yml" <<'PY' || die "kas/qemuarm64.yml is not a valid kas file"
+import json, os, sys
+import jsonschema, kas, yaml
+schema = json.load(open(os.path.join(os.path.dirname(kas.__file__), "schema-kas.json")))
+doc = yaml.safe_load(open(sys.argv[1]))
+jsonschema.validate(doc, schema)
+layers = doc["repos"]["otter"]["layers"]
+for layer in layers:
+    conf = os.path.join(os.path.dirname(sys.argv[1]), "..", "..", layer, "conf", "layer.conf")
+    if not os.path.isfile(conf):
+        sys.exit(f"kas layer {layer} has no conf/layer.conf (looked at {conf})")
+print("   valid")
+PY
 
 echo "== crate list in sync with Cargo.lock"
 python3 yocto-layer/scripts/cargo-lock-to-bb.py --check

@@ -260,6 +260,7 @@ class RootfsToOci(unittest.TestCase):
         self.assertRejected(out, "bad tag", "--tag=-x")
         self.assertRejected(out, "unknown arch", "--arch", "sparc")
         self.assertRejected(out, "SOURCE_DATE_EPOCH", env_sde=False)
+        self.assertRejected(scratch / "no/such/dir/oci", "parent directory")
         self.assertEqual(os.listdir(scratch), [], "nothing may be written on bad input")
         # an existing non-layout directory is refused and left alone
         other = scratch / "notalayout"

@@ -4,7 +4,7 @@
 #   OTTER_IMAGE_VERSION = "1.4.2"
 #
 # adds two image types:
-#   otter-oci      ${IMAGE_NAME}.rootfs.otter-oci: an OCI image layout (one tar+gzip layer,
+#   otter-oci      ${IMAGE_NAME}.otter-oci (link ${IMAGE_LINK_NAME}.otter-oci): an OCI image layout (one tar+gzip layer,
 #                  label org.opencontainers.image.version = OTTER_IMAGE_VERSION, platform from
 #                  TARGET_ARCH) holding the rootfs as an ostree-friendly tree (/etc -> /usr/etc,
 #                  kernel/initramfs/dtbs in /usr/lib/modules/$kver/, empty /var), made by
@@ -49,8 +49,8 @@ IMAGE_TYPEDEP:otter-sysroot = "otter-oci"
 # nooelint: oelint.vars.specific, oelint.vars.overrideappend
 IMAGE_TYPEDEP:wic:append = " otter-sysroot"
 
-OTTER_ROOTFS_TO_OCI = "${@bb.utils.which(d.getVar('BBPATH'), 'scripts/rootfs-to-oci.py')}"
-OTTER_OCI_LAYOUT = "${IMGDEPLOYDIR}/${IMAGE_NAME}${IMAGE_NAME_SUFFIX}.otter-oci"
+OTTER_ROOTFS_TO_OCI = "${OTTER_LAYERDIR}/scripts/rootfs-to-oci.py"
+OTTER_OCI_LAYOUT = "${IMGDEPLOYDIR}/${IMAGE_NAME}.otter-oci"
 
 # Image type names follow oe-core's own dashed types (squashfs-xz -> do_image_squashfs_xz).
 # nooelint: oelint.task.dash - IMAGE_CMD:<type> is not a task name; the task is do_image_otter_oci
@@ -58,8 +58,8 @@ IMAGE_CMD:otter-oci() {
     if [ -z "${OTTER_IMAGE_VERSION}" ]; then
         bbfatal "${PN} inherits otter-image but OTTER_IMAGE_VERSION is empty: set it (e.g. \"1.0.0\"); it becomes the org.opencontainers.image.version label that devices compare for anti-rollback"
     fi
-    if [ -z "${OTTER_ROOTFS_TO_OCI}" ]; then
-        bbfatal "scripts/rootfs-to-oci.py not found in BBPATH: is meta-otter in BBLAYERS?"
+    if [ ! -f "${OTTER_ROOTFS_TO_OCI}" ]; then
+        bbfatal "${OTTER_ROOTFS_TO_OCI} not found: is meta-otter in BBLAYERS?"
     fi
     rm -rf ${OTTER_OCI_LAYOUT}
     initramfs=""
@@ -103,7 +103,11 @@ do_image_otter_sysroot[vardeps] += "OTTER_INSTALL_ARGS OTTER_SYSROOT_DIR"
 # wic: FAT firmware partition (boot.scr, uboot.env) + ext4 root holding the otter sysroot,
 # the layout of the U-Boot board profiles (board-support/boards/*.conf: [partition.firmware]
 # label FIRMWARE mounted at /boot/firmware, [partition.root] label otter-root, GPT)
-WKS_FILE ??= "otter-uboot.wks.in"
+# (a plain assignment: machine configs set WKS_FILE with ?=; choose yours with OTTER_WKS_FILE)
+OTTER_WKS_FILE ??= "otter-uboot.wks.in"
+WKS_FILE = "${OTTER_WKS_FILE}"
+# wrynose searches <layer>/files/wic, scarthgap/whinlatter <layer>/wic: name ours explicitly
+WKS_SEARCH_PATH:prepend = "${OTTER_LAYERDIR}/wic:"
 OTTER_FIRMWARE_LABEL ??= "FIRMWARE"
 OTTER_FIRMWARE_SIZE ??= "32M"
 OTTER_WIC_BOOTIMG_PLUGIN ??= "${@'bootimg-partition' if 'scarthgap' in (d.getVar('LAYERSERIES_CORENAMES') or '') else 'bootimg_partition'}"

@@ -162,6 +162,8 @@ def validate(args: argparse.Namespace) -> tuple[str, str, str | None, int, dict[
         if p is not None and not p.is_file():
             raise InputError(f"{p}: no such file")
     out = args.out
+    if not out.absolute().parent.is_dir():
+        raise InputError(f"the parent directory of --out {out} does not exist")
     if out.exists() and not (out / "oci-layout").is_file():
         raise InputError(f"{out} exists and is not an OCI image layout; remove it or pick another --out")
     return tag, arch[0], arch[1], mtime, labels

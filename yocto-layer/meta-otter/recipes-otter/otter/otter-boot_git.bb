@@ -42,4 +42,3 @@ FILES:${PN} += "${nonarch_libdir}/greenboot ${systemd_system_unitdir} ${systemd_
 # The U-Boot backend talks to the env through fw_env.config (otter-board-config).
 RRECOMMENDS:${PN} = "otter-board-config"
 
-BBCLASSEXTEND = "native"

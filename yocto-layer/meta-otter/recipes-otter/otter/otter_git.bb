@@ -43,6 +43,14 @@ do_compile() {
     fi
 }
 
+def otter_key_path(d, name):
+    return name if os.path.isabs(name) else bb.utils.which(d.getVar("FILESPATH"), name)
+
+# rerun do_otter_keys when a key file changes
+def otter_key_checksums(d):
+    paths = [otter_key_path(d, k) for k in (d.getVar("OTTER_TRUSTED_KEYS") or "").split()]
+    return " ".join("%s:%s" % (p, os.path.exists(p)) for p in paths if p)
+
 python do_otter_keys() {
     import shutil
     outdir = os.path.join(d.getVar("WORKDIR"), "otter-keys")
@@ -54,7 +62,7 @@ python do_otter_keys() {
                 "refuse signed updates until a minisign public key is put there" % d.getVar("sysconfdir"))
     seen = set()
     for k in keys:
-        path = k if os.path.isabs(k) else bb.utils.which(d.getVar("FILESPATH"), k)
+        path = otter_key_path(d, k)
         if not path or not os.path.isfile(path):
             bb.fatal("OTTER_TRUSTED_KEYS: %s not found (give an absolute path or a file in FILESPATH)" % k)
         with open(path, "r", errors="replace") as f:
@@ -71,7 +79,7 @@ python do_otter_keys() {
         shutil.copyfile(path, os.path.join(outdir, name))
 }
 do_otter_keys[vardeps] += "OTTER_TRUSTED_KEYS"
-do_otter_keys[file-checksums] += "${@' '.join('%s:True' % k for k in (d.getVar('OTTER_TRUSTED_KEYS') or '').split() if os.path.isabs(k))}"
+do_otter_keys[file-checksums] += "${@otter_key_checksums(d)}"
 do_otter_keys[doc] = "Check the OTTER_TRUSTED_KEYS minisign public keys and stage them for do_install"
 addtask otter_keys after do_unpack before do_install
 
@@ -105,6 +113,6 @@ do_install() {
 
 FILES:${PN} += "${nonarch_libdir}/otter ${systemd_system_unitdir} ${systemd_unitdir}/system-preset"
 CONFFILES:${PN} = "${sysconfdir}/otter/otter.conf"
-RDEPENDS:${PN} = "otter-boot"
+RDEPENDS:${PN}:class-target = "otter-boot"
 
 BBCLASSEXTEND = "native"
