@@ -23,6 +23,10 @@ pub mod fetch;
 pub mod fleet;
 pub mod import;
 pub mod ostree;
+pub mod progress;
+#[cfg(feature = "publish")]
+pub mod publish;
 pub mod source;
+pub mod status;
 pub mod update;
 pub mod verify;

@@ -1,1 +1,450 @@
-//! The update flow: source -> fetch -> verify -> import -> deploy.
+//! The update flow: source → resolve → verify → import → deploy → cleanup.
+//!
+//! 1. [`crate::source::open`] the image and resolve it to one manifest (digest-checked).
+//! 2. Same manifest digest as the current default deployment → nothing to do.
+//! 3. [`crate::verify::check_release`]: signed release statement, anti-rollback against the
+//!    booted (else default) deployment's release.
+//! 4. Import each layer ([`Importer::apply_layer`] on the verified blob stream), commit with the
+//!    metadata keys of api.md, check the signed content checksum, and set the ref
+//!    `otter/image/<manifest sha256 hex>` — it protects the commit from pruning until it is
+//!    deployed, and lets `upgrade --download-only` + a later `upgrade` skip the import.
+//!    Cleanup drops image refs whose commit is not deployed.
+//! 5. [`Sysroot::deploy`] with the `before_switch` hook (boot counter), then cleanup.
+//!
+//! Downloaded blobs live in `STATEROOT/var/lib/otter/blobs` of the sysroot (that is
+//! `/var/lib/otter/blobs` on a booted device) and are deleted after a successful deploy unless
+//! `[update] keep-blobs` is set. A failed import leaves only unreferenced objects behind (pruned
+//! by the next successful update) and the downloaded blobs (so the next run resumes).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::Config;
+use crate::deploy::{BeforeSwitch, DeployOptions, Deployment, Origin, Sysroot, IMAGE_REF_PREFIX};
+use crate::import::{Importer, IMPORT_RULES_VERSION};
+use crate::ostree::{Checksum, MetaValue, Repo};
+use crate::progress::{Event, NoProgress, Progress};
+use crate::source::{self, ImageRef, ImageSource, ResolvedImage, SourceOptions};
+use crate::verify::{self, ReleaseStatement, TrustPolicy};
+
+/// How an update runs.
+#[derive(Clone)]
+pub struct UpdateOptions {
+    pub config: Config,
+    /// Skip signature verification (`--no-signature-verification`).
+    pub no_signature_verification: bool,
+    /// Overrides `[trust] keys-dir` (`--trusted-keys`).
+    pub trusted_keys: Option<PathBuf>,
+    pub allow_downgrade: bool,
+    pub progress: Arc<dyn Progress>,
+}
+
+impl Default for UpdateOptions {
+    fn default() -> Self {
+        UpdateOptions {
+            config: Config::default(),
+            no_signature_verification: false,
+            trusted_keys: None,
+            allow_downgrade: false,
+            progress: Arc::new(NoProgress),
+        }
+    }
+}
+
+/// What `upgrade`/`switch`/`import` should do after resolving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Only report whether an update exists.
+    Check,
+    /// Fetch, verify and import, but do not deploy.
+    DownloadOnly,
+    /// Everything, up to a new default deployment.
+    Deploy,
+}
+
+/// What happened.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// The default deployment already runs this manifest.
+    NoUpdate { digest: String },
+    /// `Mode::Check` found a different manifest.
+    Available {
+        digest: String,
+        version: Option<String>,
+    },
+    /// `Mode::DownloadOnly`: imported as this commit.
+    Downloaded { digest: String, commit: Checksum },
+    /// Deployed as the new default.
+    Deployed(Box<Deployment>),
+}
+
+impl UpdateOptions {
+    fn trust_policy(&self) -> TrustPolicy {
+        let t = &self.config.trust;
+        TrustPolicy {
+            key_dirs: match &self.trusted_keys {
+                Some(k) => vec![k.clone()],
+                None => t.keys_dirs.clone(),
+            },
+            require_signature: t.require_signature && !self.no_signature_verification,
+            allow_downgrade: self.allow_downgrade || self.config.policy.allow_downgrade,
+            board: t.board.clone(),
+        }
+    }
+
+    /// The source settings from `[registry]`/`[update]`.
+    pub fn source_options(&self, blob_dir: PathBuf) -> SourceOptions {
+        let r = &self.config.registry;
+        let mut o = SourceOptions {
+            platform: self.config.update.platform.clone(),
+            blob_dir,
+            auth_files: r.auth_file.iter().cloned().collect(),
+            ca_file: r.ca_file.clone(),
+            insecure_hosts: r.insecure_hosts.clone(),
+            concurrency: r.concurrency as usize,
+            max_bytes_per_sec: (r.bandwidth_limit > 0).then_some(r.bandwidth_limit),
+            progress: Some(self.progress.clone()),
+            ..SourceOptions::default()
+        };
+        o.read_timeout = std::time::Duration::from_secs(r.timeout);
+        o.retry.max_attempts = r.retries.max(1);
+        o
+    }
+}
+
+/// The hook the CLI passes to [`Sysroot::deploy`]: runs right before the bootloader switch
+/// with the new default deployment. This is where the boot counter is armed (`[boot] backend`,
+/// `[boot] tries`); an error aborts the deploy with the old default intact.
+/// Seam for the boot module: `none` does nothing.
+pub fn before_switch(config: &Config, sysroot: &Path, new_default: &Deployment) -> Result<()> {
+    let _ = (sysroot, new_default);
+    if config.boot.backend != "none" {
+        log::info!(
+            "boot counter {} ({} tries) is armed by the boot module",
+            config.boot.backend,
+            config.boot.tries
+        );
+    }
+    Ok(())
+}
+
+/// Where a stateroot's downloads go.
+pub fn blob_dir(sysroot: &Path, stateroot: &str) -> PathBuf {
+    sysroot.join(format!("ostree/deploy/{stateroot}/var/lib/otter/blobs"))
+}
+
+/// `otter install`: create the sysroot and stateroot if needed and deploy `image` as the first
+/// deployment of `stateroot`.
+pub fn install(
+    sysroot: &Path,
+    stateroot: &str,
+    image: &ImageRef,
+    kargs: Vec<String>,
+    opts: &UpdateOptions,
+    before_switch: BeforeSwitch<'_>,
+) -> Result<Deployment> {
+    Sysroot::create(sysroot)?;
+    Sysroot::init_stateroot(sysroot, stateroot)?;
+    let mut s = Sysroot::load_locked(sysroot)?;
+    if let Some(d) = s.deployments().iter().find(|d| d.stateroot == stateroot) {
+        bail!(
+            "stateroot {stateroot} in {} already has deployment {}; use `otter switch` or `otter upgrade`",
+            sysroot.display(),
+            d.name()
+        );
+    }
+    match run(
+        &mut s,
+        stateroot,
+        image,
+        Some(kargs),
+        None,
+        Mode::Deploy,
+        opts,
+        before_switch,
+    )? {
+        Outcome::Deployed(d) => Ok(*d),
+        other => bail!("internal error: install ended with {other:?}"),
+    }
+}
+
+/// The stateroot and image an upgrade follows: the booted (else default) deployment's origin,
+/// else `[update] image`.
+pub fn tracked(s: &Sysroot, config: &Config) -> Result<(String, Option<String>)> {
+    let current = s.booted().or_else(|| s.deployments().first());
+    let stateroot = current
+        .map(|d| d.stateroot.clone())
+        .unwrap_or_else(|| config.update.stateroot.clone());
+    let image = current
+        .and_then(|d| d.image().map(str::to_owned))
+        .or_else(|| config.update.image.clone());
+    Ok((stateroot, image))
+}
+
+/// `otter upgrade` (image None: the tracked one) / `otter switch IMAGE` / `otter import PATH`.
+pub fn update(
+    sysroot: &Path,
+    image: Option<&ImageRef>,
+    mode: Mode,
+    opts: &UpdateOptions,
+    before_switch: BeforeSwitch<'_>,
+) -> Result<Outcome> {
+    let mut s = Sysroot::load_locked(sysroot)?;
+    let (stateroot, tracked) = tracked(&s, &opts.config)?;
+    let image = match (image, tracked) {
+        (Some(i), _) => i.clone(),
+        (None, Some(t)) => t
+            .parse::<ImageRef>()
+            .with_context(|| format!("parsing the tracked image reference {t:?}"))?,
+        (None, None) => bail!(
+            "no image to upgrade from: the deployment has no otter origin and [update] image is \
+             not set; use `otter switch IMAGE`"
+        ),
+    };
+    run(
+        &mut s,
+        &stateroot,
+        &image,
+        None,
+        None,
+        mode,
+        opts,
+        before_switch,
+    )
+}
+
+/// `otter import PATH`: an offline update from an OCI layout directory or oci-archive (e.g. on
+/// a USB stick), verified like an online one. The deployment keeps tracking the image it
+/// tracked before (the stick's path is not remembered), or the path when nothing was tracked.
+pub fn import_offline(
+    sysroot: &Path,
+    image: &ImageRef,
+    mode: Mode,
+    opts: &UpdateOptions,
+    before_switch: BeforeSwitch<'_>,
+) -> Result<Outcome> {
+    let mut s = Sysroot::load_locked(sysroot)?;
+    let (stateroot, tracked) = tracked(&s, &opts.config)?;
+    run(
+        &mut s,
+        &stateroot,
+        image,
+        None,
+        tracked,
+        mode,
+        opts,
+        before_switch,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    s: &mut Sysroot,
+    stateroot: &str,
+    image: &ImageRef,
+    kargs: Option<Vec<String>>,
+    origin_image: Option<String>,
+    mode: Mode,
+    opts: &UpdateOptions,
+    before_switch: BeforeSwitch<'_>,
+) -> Result<Outcome> {
+    let progress = opts.progress.clone();
+    let blobs = blob_dir(s.path(), stateroot);
+    let sopts = opts.source_options(blobs.clone());
+    let mut src = source::open(image, &sopts)?;
+    let resolved = src
+        .resolve()
+        .with_context(|| format!("resolving {image}"))?;
+    progress.event(&Event::Resolve {
+        reference: image.to_string(),
+        digest: resolved.manifest_digest.clone(),
+    });
+    check_platform(&resolved, opts.config.update.platform.as_deref())?;
+    let digest = resolved.manifest_digest.clone();
+    let hex = source::digest::sha256_hex(&digest)?.to_owned();
+
+    // Same manifest as the default deployment of this stateroot → nothing to do.
+    let current = s
+        .booted()
+        .filter(|d| d.stateroot == stateroot)
+        .or_else(|| s.deployments().iter().find(|d| d.stateroot == stateroot))
+        .cloned();
+    let default_digest = s
+        .deployments()
+        .iter()
+        .find(|d| d.stateroot == stateroot)
+        .and_then(|d| commit_digest(s.repo(), &d.checksum));
+    let origin_image = origin_image.unwrap_or_else(|| image.to_string());
+    let same_image = s
+        .deployments()
+        .iter()
+        .find(|d| d.stateroot == stateroot)
+        .and_then(|d| d.image())
+        .is_some_and(|i| i == origin_image);
+    if kargs.is_none() && default_digest.as_deref() == Some(digest.as_str()) && same_image {
+        return Ok(Outcome::NoUpdate { digest });
+    }
+    if mode == Mode::Check {
+        return Ok(Outcome::Available {
+            digest,
+            version: resolved.config.version().map(str::to_owned),
+        });
+    }
+
+    // Verify (signature, statement, anti-rollback).
+    let policy = opts.trust_policy();
+    let booted_release = current
+        .as_ref()
+        .and_then(|d| s.repo().read_commit(&d.checksum).ok())
+        .and_then(|c| verify::release_of_commit(&c));
+    let stmt = verify::check_release(src.as_mut(), &resolved, &policy, booted_release.as_ref())
+        .with_context(|| format!("verifying {image} ({digest})"))?;
+
+    let image_ref = format!("{IMAGE_REF_PREFIX}{hex}");
+    let commit = match s.repo().resolve_ref(&image_ref)? {
+        Some(c) => {
+            log::info!("{image} ({digest}) is already imported as {c}");
+            c
+        }
+        None => {
+            let c = import(s.repo(), src.as_mut(), &resolved, stmt.as_ref(), &*progress)?;
+            s.repo().set_ref(&image_ref, Some(&c))?;
+            c
+        }
+    };
+    if let Some(stmt) = &stmt {
+        let content = s.repo().read_commit(&commit)?.content_checksum();
+        verify::check_content(stmt, &content.to_hex())
+            .map_err(anyhow::Error::new)
+            .with_context(|| format!("checking the imported tree of {image}"))?;
+    }
+    if mode == Mode::DownloadOnly {
+        return Ok(Outcome::Downloaded { digest, commit });
+    }
+    drop(src);
+
+    progress.event(&Event::Deploy {
+        step: "deploy".into(),
+    });
+    let d = s.deploy(
+        &DeployOptions {
+            stateroot: stateroot.to_owned(),
+            commit,
+            origin: Origin::for_image(&origin_image),
+            kargs,
+        },
+        before_switch,
+    )?;
+    if !opts.config.update.keep_blobs {
+        if let Err(e) = crate::deploy::fsops::remove_all(&blobs) {
+            log::warn!("removing downloaded blobs: {e:#}");
+        }
+    }
+    progress.event(&Event::Done {
+        message: format!("deployed {} ({})", d.name(), digest),
+    });
+    Ok(Outcome::Deployed(Box::new(d)))
+}
+
+/// Refuse an image built for another OS/architecture than the device's (the host's, or
+/// `[update] platform`). An index is resolved to the right platform by the source; this catches
+/// single-platform images.
+fn check_platform(image: &ResolvedImage, configured: Option<&str>) -> Result<()> {
+    let want = match configured {
+        Some(p) => source::Platform::parse(p)
+            .with_context(|| format!("invalid [update] platform {p:?}"))?,
+        None => source::Platform::host(),
+    };
+    let c = &image.config;
+    let os_ok = c.os.is_empty() || c.os == want.os;
+    let arch_ok = c.architecture.is_empty() || c.architecture == want.architecture;
+    if !(os_ok && arch_ok) {
+        bail!(
+            "{} ({}) is an image for {}/{}, not for this device ({}); pick the right image, or \
+             set [update] platform when installing for another machine",
+            image.reference,
+            image.manifest_digest,
+            c.os,
+            c.architecture,
+            want
+        );
+    }
+    Ok(())
+}
+
+/// The manifest digest a commit was imported from.
+pub fn commit_digest(repo: &Repo, c: &Checksum) -> Option<String> {
+    repo.read_commit(c)
+        .ok()
+        .and_then(|c| c.meta_str("otter.image.digest").map(str::to_owned))
+}
+
+/// Import all layers of `image` into one commit (no ref is set).
+pub fn import(
+    repo: &Repo,
+    src: &mut dyn ImageSource,
+    image: &ResolvedImage,
+    stmt: Option<&ReleaseStatement>,
+    progress: &dyn Progress,
+) -> Result<Checksum> {
+    let layers = &image.manifest.layers;
+    src.prefetch(layers)
+        .with_context(|| format!("downloading {}", image.reference))?;
+    let mut imp = Importer::new(repo);
+    for (i, layer) in layers.iter().enumerate() {
+        progress.event(&Event::Import {
+            digest: layer.digest.clone(),
+            index: i,
+            count: layers.len(),
+        });
+        let mut r = src
+            .open_blob(layer)
+            .with_context(|| format!("opening layer {} ({})", i, layer.digest))?;
+        if let Err(e) = imp.apply_layer(&layer.media_type, &mut r) {
+            // A corrupt blob usually breaks decompression or tar parsing before its digest can
+            // be checked at the end: read the rest so a digest/size mismatch is reported as
+            // what it is (a verification failure), not as a tar error.
+            if let Err(v) = std::io::copy(&mut r, &mut std::io::sink()) {
+                let v = anyhow::Error::new(v);
+                if crate::fetch::error_class(&v).is_some() {
+                    return Err(v.context(format!(
+                        "layer {i} ({}) of {} does not match its digest",
+                        layer.digest, image.reference
+                    )));
+                }
+            }
+            return Err(e).with_context(|| format!("importing layer {} ({})", i, layer.digest));
+        }
+    }
+    let mut meta = vec![
+        (
+            "otter.image.reference".to_owned(),
+            MetaValue::Str(image.reference.to_string()),
+        ),
+        (
+            "otter.image.digest".to_owned(),
+            MetaValue::Str(image.manifest_digest.clone()),
+        ),
+        (
+            "otter.image.config-digest".to_owned(),
+            MetaValue::Str(image.config_digest.clone()),
+        ),
+        (
+            "otter.import-rules".to_owned(),
+            MetaValue::U64(IMPORT_RULES_VERSION),
+        ),
+    ];
+    if let Some(v) = image.config.version() {
+        meta.push(("version".to_owned(), MetaValue::Str(v.to_owned())));
+    }
+    if let Some(stmt) = stmt {
+        meta.push(verify::statement_metadata(stmt));
+    }
+    let subject = format!("{} ({})", image.reference, image.manifest_digest);
+    let imported = imp
+        .commit(&subject, meta, None)
+        .with_context(|| format!("committing {}", image.reference))?;
+    Ok(imported.commit)
+}
