@@ -35,7 +35,12 @@ def need(tool):
     return path
 
 
+# otter sets the immutable flag on deployment roots like ostree; tests must be able to delete them
+MUTABLE_ENV = {**os.environ, "OSTREE_SYSROOT_DEBUG": "mutable-deployments"}
+
+
 def sh(*args, **kw):
+    kw.setdefault("env", MUTABLE_ENV)
     r = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kw)
     if r.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
@@ -354,9 +359,14 @@ class OtterInstall(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             sysroot = t / "sysroot"
             sysroot.mkdir()
-            sh(otter, "install", "--sysroot", sysroot, "--no-signature-verification", f"oci:{t / 'oci'}:2.0.1")
+            # what otter-image.bbclass does: a private config naming the target platform (never
+            # the build host's /etc/otter/otter.conf)
+            conf = t / "otter-install.conf"
+            conf.write_text("[update]\nplatform = linux/arm64\n")
+            sh(otter, "--config", conf, "install", "--sysroot", sysroot, "--no-signature-verification",
+               f"oci:{t / 'oci'}:2.0.1")
             status = sh(need("ostree"), "admin", "status", f"--sysroot={sysroot}")
-            self.assertIn("*", status, status)
+            self.assertIn("Version: 2.0.1", status, status)  # the OCI version label, as ostree reads it
             deploys = list(sysroot.glob("ostree/deploy/*/deploy/*.0"))
             self.assertEqual(len(deploys), 1, f"one deployment expected, got {deploys}\n{status}")
             dep = deploys[0]
@@ -364,8 +374,38 @@ class OtterInstall(unittest.TestCase):
             self.assertEqual((dep / "usr/etc/hostname").read_text(), "qemuarm64\n")
             self.assertTrue(os.lstat(dep / "usr/bin/passwd").st_mode & stat.S_ISUID)
             self.assertEqual(os.readlink(dep / "bin/sh"), "busybox")
+            # the kernel the class moved to /usr/lib/modules/$kver is what the boot entry boots
+            entries = list(sysroot.glob("boot/loader/entries/*.conf"))
+            self.assertEqual(len(entries), 1, entries)
+            linux = [ln.split(None, 1)[1] for ln in entries[0].read_text().splitlines() if ln.startswith("linux ")]
+            self.assertEqual(len(linux), 1, entries[0].read_text())
+            self.assertEqual(digest(sysroot / "boot" / linux[0].lstrip("/")), digest(t / f"rootfs/boot/Image-{KVER}"))
             repo = sysroot / "ostree/repo"
             sh(need("ostree"), "fsck", f"--repo={repo}")
+            status = json.loads(sh(otter, "--config", conf, "--sysroot", sysroot, "status", "--json"))
+            self.assertIn("2.0.1", json.dumps(status))
+
+    def test_board_config_template_is_accepted_by_otter(self):
+        """/etc/otter/otter.conf as otter-board-config writes it: otter must accept every key."""
+        otter = os.environ.get("OTTER_BIN")
+        if not otter or not os.access(otter, os.X_OK):
+            raise AssertionError("OTTER_BIN is not set to an executable otter binary (run yocto-layer/tests/run.sh)")
+        template = (REPO / "yocto-layer/meta-otter/recipes-bsp/otter-board-config/files/otter.conf.in").read_text()
+        text = (template.replace("@OTTER_BOARD@", "qemu-aarch64-virt")
+                .replace("@OTTER_BOOT_BACKEND@", "uboot:/etc/fw_env.config").replace("@OTTER_BOOTLIMIT@", "3"))
+        self.assertNotIn("@", text)
+        with tempfile.TemporaryDirectory(prefix="otter-yocto-conf-") as t:
+            conf = Path(t) / "otter.conf"
+            conf.write_text(text)
+            r = subprocess.run([otter, "--config", conf, "--sysroot", t, "status", "--json"],
+                               capture_output=True, text=True, env=MUTABLE_ENV)
+            self.assertNotEqual(r.returncode, 2, f"otter rejected the config:\n{r.stderr}")
+            # and a typo is rejected (the check can fail)
+            conf.write_text(text.replace("tries", "triess"))
+            r = subprocess.run([otter, "--config", conf, "--sysroot", t, "status", "--json"],
+                               capture_output=True, text=True, env=MUTABLE_ENV)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("triess", r.stderr)
 
 
 if __name__ == "__main__":

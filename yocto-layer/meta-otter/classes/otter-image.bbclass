@@ -88,16 +88,35 @@ do_otter_sign[vardeps] += "OTTER_SIGNING_KEY OTTER_PUBLISH_SIGN_ARGS"
 do_otter_sign[fakeroot] = "1"
 addtask otter_sign after do_image_otter_oci before do_image_otter_sysroot do_image_complete
 
+# OCI platform of TARGET_ARCH (as scripts/rootfs-to-oci.py writes it)
+def otter_oci_platform(d):
+    arch = d.getVar("TARGET_ARCH")
+    return {"aarch64": "linux/arm64", "x86_64": "linux/amd64", "arm": "linux/arm/v7",
+            "i686": "linux/386", "i586": "linux/386", "riscv64": "linux/riscv64",
+            "powerpc64le": "linux/ppc64le"}.get(arch, "linux/" + arch)
+
 # First deployment onto an empty sysroot, the way a factory does it:
-#   otter install --sysroot DIR --no-signature-verification oci:LAYOUT:TAG
+#   otter --config C install --sysroot DIR [--karg A]... --no-signature-verification oci:LAYOUT:TAG
+# with a private config C (never the build host's /etc/otter/otter.conf) that names the target
+# platform, and the kernel arguments of the board profile (`otter-board file B cmdline`).
+# Deployments stay mutable (no immutable flag under pseudo; mkfs.ext4 -d would drop it anyway).
 # nooelint: oelint.task.dash - IMAGE_CMD:<type> is not a task name; the task is do_image_otter_sysroot
 IMAGE_CMD:otter-sysroot() {
     rm -rf ${OTTER_SYSROOT_DIR}
     mkdir -p ${OTTER_SYSROOT_DIR}
-    otter install --sysroot ${OTTER_SYSROOT_DIR} ${OTTER_INSTALL_ARGS} "oci:${OTTER_OCI_LAYOUT}:${OTTER_OCI_TAG}"
+    printf '[update]\nplatform = %s\n' "${@otter_oci_platform(d)}" > ${WORKDIR}/otter-install.conf
+    kargs=""
+    if [ -n "${OTTER_BOARD}" ]; then
+        for arg in $(otter-board file ${OTTER_BOARD} cmdline); do
+            kargs="$kargs --karg $arg"
+        done
+    fi
+    OSTREE_SYSROOT_DEBUG=mutable-deployments \
+        otter --config ${WORKDIR}/otter-install.conf install --sysroot ${OTTER_SYSROOT_DIR} \
+        $kargs ${OTTER_INSTALL_ARGS} "oci:${OTTER_OCI_LAYOUT}:${OTTER_OCI_TAG}"
 }
 IMAGE_CMD:otter-sysroot[doc] = "Install the OCI layout into an empty ostree sysroot with otter install"
-do_image_otter_sysroot[depends] += "otter-native:do_populate_sysroot"
+do_image_otter_sysroot[depends] += "otter-native:do_populate_sysroot otter-board-native:do_populate_sysroot"
 do_image_otter_sysroot[vardeps] += "OTTER_INSTALL_ARGS OTTER_SYSROOT_DIR"
 
 # wic: FAT firmware partition (boot.scr, uboot.env) + ext4 root holding the otter sysroot,

@@ -1,7 +1,7 @@
-SUMMARY = "otter board integration: fw_env.config and the board profile name"
-DESCRIPTION = "Installs /etc/fw_env.config for the U-Boot environment that holds the boot \
-               counter, generated from the otter board profile OTTER_BOARD, and \
-               /etc/otter/board naming that profile."
+SUMMARY = "otter board integration: otter.conf and fw_env.config of the board"
+DESCRIPTION = "Installs /etc/otter/otter.conf (board name, boot-count backend, tries) and, for \
+               U-Boot boards, /etc/fw_env.config for the environment that holds the boot \
+               counter, both generated from the otter board profile OTTER_BOARD."
 HOMEPAGE = "https://github.com/otter-ota/otter"
 BUGTRACKER = "https://github.com/otter-ota/otter/issues"
 SECTION = "admin"
@@ -10,8 +10,8 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda
 
 DEPENDS += "otter-board-native"
 
-# used only when OTTER_FW_ENV_CONFIG overrides the board profile
-SRC_URI = "file://fw_env.config.in"
+# fw_env.config.in: used only when OTTER_FW_ENV_CONFIG overrides the board profile
+SRC_URI = "file://otter.conf.in file://fw_env.config.in"
 # file:// sources: WORKDIR on scarthgap, UNPACKDIR on whinlatter/wrynose
 S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
 
@@ -19,8 +19,11 @@ PACKAGE_ARCH = "${MACHINE_ARCH}"
 
 CVE_PRODUCT = "otter-ota:otter"
 
-# OTTER_BOARD (and the optional OTTER_FW_ENV_CONFIG override) come from
-# conf/otter-machines.inc (per MACHINE) or local.conf.
+# OTTER_BOARD (and the optional OTTER_FW_ENV_CONFIG / OTTER_BOOT_BACKEND overrides) come from
+# conf/otter-machines.inc (per MACHINE) or local.conf. Empty OTTER_BOOT_BACKEND = the
+# profile's [boot] bootcount (e.g. uboot:/etc/fw_env.config).
+OTTER_BOOT_BACKEND ??= ""
+
 do_configure[noexec] = "1"
 
 do_compile() {
@@ -37,17 +40,26 @@ do_compile() {
             bbfatal "otter-board file ${OTTER_BOARD} fw_env.config failed: $(cat ${B}/otter-board.err)"
         fi
     fi
+
+    backend="${OTTER_BOOT_BACKEND}"
+    if [ -z "$backend" ]; then
+        otter-board raw ${OTTER_BOARD} > ${B}/profile.conf 2> ${B}/otter-board.err \
+            || bbfatal "otter-board raw ${OTTER_BOARD} failed: $(cat ${B}/otter-board.err)"
+        backend=$(awk -F'=' '/^\[/ { sec = $0 } sec == "[boot]" && $1 ~ /^[ \t]*bootcount[ \t]*$/ { gsub(/^[ \t]+|[ \t]+$/, "", $2); print $2; exit }' ${B}/profile.conf)
+        [ -n "$backend" ] || bbfatal "board profile ${OTTER_BOARD} has no [boot] bootcount; set OTTER_BOOT_BACKEND"
+    fi
+    sed -e 's|@OTTER_BOARD@|${OTTER_BOARD}|g' -e "s|@OTTER_BOOT_BACKEND@|$backend|" \
+        -e 's|@OTTER_BOOTLIMIT@|${OTTER_BOOTLIMIT}|' ${S}/otter.conf.in > ${B}/otter.conf
 }
-do_compile[vardeps] += "OTTER_BOARD OTTER_FW_ENV_CONFIG"
+do_compile[vardeps] += "OTTER_BOARD OTTER_FW_ENV_CONFIG OTTER_BOOT_BACKEND OTTER_BOOTLIMIT"
 
 do_install() {
     install -d ${D}${sysconfdir}/otter
-    echo "${OTTER_BOARD}" > ${B}/board
-    install -m 0644 ${B}/board ${D}${sysconfdir}/otter/board
+    install -m 0644 ${B}/otter.conf ${D}${sysconfdir}/otter/otter.conf
     if [ -e ${B}/fw_env.config ]; then
         install -m 0644 ${B}/fw_env.config ${D}${sysconfdir}/fw_env.config
     fi
 }
 
-CONFFILES:${PN} = "${sysconfdir}/fw_env.config"
+CONFFILES:${PN} = "${sysconfdir}/otter/otter.conf ${sysconfdir}/fw_env.config"
 RCONFLICTS:${PN} = "u-boot-fw-utils"

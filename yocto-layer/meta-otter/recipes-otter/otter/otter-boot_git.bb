@@ -13,7 +13,9 @@ PACKAGECONFIG ??= "${@bb.utils.filter('DISTRO_FEATURES', 'systemd', d)}"
 # systemd: install boot-counter/systemd/*.service|*.timer and a preset enabling them
 PACKAGECONFIG[systemd] = ",,,"
 
-OTTER_BOOT_SYSTEMD_PRESET ??= "otter-boot*.service otter-boot*.timer greenboot*.service"
+# otter-boot-check.service (health checks, Before=boot-complete.target) and
+# otter-boot-detect-fallback.service (rollback after a bootloader fallback)
+OTTER_BOOT_SYSTEMD_PRESET ??= "otter-boot*.service otter-boot*.timer"
 
 do_install() {
     install -d ${D}${bindir}
@@ -35,10 +37,15 @@ do_install() {
         for pattern in ${OTTER_BOOT_SYSTEMD_PRESET}; do
             echo "enable $pattern" >> ${D}${systemd_unitdir}/system-preset/80-otter-boot.preset
         done
+        if [ -e ${S}/boot-counter/systemd/otter-boot.tmpfiles.conf ]; then
+            install -d ${D}${nonarch_libdir}/tmpfiles.d
+            install -m 0644 ${S}/boot-counter/systemd/otter-boot.tmpfiles.conf ${D}${nonarch_libdir}/tmpfiles.d/otter-boot.conf
+        fi
     fi
 }
 
-FILES:${PN} += "${nonarch_libdir}/greenboot ${systemd_system_unitdir} ${systemd_unitdir}/system-preset"
+FILES:${PN} += "${nonarch_libdir}/greenboot ${systemd_system_unitdir} ${systemd_unitdir}/system-preset \
+                ${nonarch_libdir}/tmpfiles.d"
 # The U-Boot backend talks to the env through fw_env.config (otter-board-config).
 RRECOMMENDS:${PN} = "otter-board-config"
 

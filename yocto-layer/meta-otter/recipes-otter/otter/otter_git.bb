@@ -11,8 +11,6 @@ inherit cargo
 CARGO_SRC_DIR = "agent"
 CARGO_LOCK_PATH = "${S}/Cargo.lock"
 
-SRC_URI += "file://otter.conf"
-
 # Extra cargo features of the `otter` crate (space separated).
 OTTER_CARGO_FEATURES ??= ""
 
@@ -31,8 +29,9 @@ OTTER_FEATURES = "${OTTER_CARGO_FEATURES} ${@bb.utils.contains('PACKAGECONFIG', 
 # There is no default key: an image without keys cannot verify any update.
 OTTER_TRUSTED_KEYS ??= ""
 
-# Units matching these patterns are enabled by the systemd preset.
-OTTER_SYSTEMD_PRESET ??= "otter*.service otter*.timer"
+# Units (or patterns) the systemd preset enables. otter-daemon runs the [policy] timer and MQTT
+# (both off until configured); add "otter-upgrade.timer" for a plain periodic `otter upgrade`.
+OTTER_SYSTEMD_PRESET ??= "otter-daemon.service"
 
 do_compile() {
     features="$(echo ${OTTER_FEATURES} | tr ' ' ',')"
@@ -90,8 +89,8 @@ do_install() {
         install -m 0755 ${B}/target/${CARGO_TARGET_SUBDIR}/otter-publish ${D}${bindir}/otter-publish
     fi
 
+    # /etc/otter/otter.conf (board, boot backend) comes from otter-board-config
     install -d ${D}${sysconfdir}/otter/keys.d ${D}${nonarch_libdir}/otter/keys.d
-    install -m 0644 ${OTTER_UNPACKDIR}/otter.conf ${D}${sysconfdir}/otter/otter.conf
     for k in ${WORKDIR}/otter-keys/*.pub; do
         [ -e "$k" ] || continue
         install -m 0644 "$k" ${D}${sysconfdir}/otter/keys.d/
@@ -109,10 +108,18 @@ do_install() {
             echo "enable $pattern" >> ${D}${systemd_unitdir}/system-preset/80-otter.preset
         done
     fi
+
+    # udev rules (USB stick import)
+    for rule in ${S}/agent/data/udev/*.rules; do
+        [ -e "$rule" ] || continue
+        install -d ${D}${nonarch_base_libdir}/udev/rules.d
+        install -m 0644 "$rule" ${D}${nonarch_base_libdir}/udev/rules.d/
+    done
 }
 
-FILES:${PN} += "${nonarch_libdir}/otter ${systemd_system_unitdir} ${systemd_unitdir}/system-preset"
-CONFFILES:${PN} = "${sysconfdir}/otter/otter.conf"
+FILES:${PN} += "${nonarch_libdir}/otter ${systemd_system_unitdir} ${systemd_unitdir}/system-preset \
+                ${nonarch_base_libdir}/udev/rules.d"
 RDEPENDS:${PN}:class-target = "otter-boot"
+RRECOMMENDS:${PN}:class-target = "otter-board-config"
 
 BBCLASSEXTEND = "native"
