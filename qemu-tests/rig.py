@@ -341,6 +341,10 @@ require-signature = false
 [boot]
 backend = uboot:/etc/fw_env.config
 tries = 3
+# busybox init, no systemd (otter-boot's defaults are systemctl reboot / otter rollback)
+reboot-command = sync; reboot
+rollback-command = otter rollback
+check-timeout = 120
 """
 
 INITTAB = """::sysinit:/etc/init.d/rcS
@@ -429,9 +433,6 @@ def os_tree(version, dest, health="ok"):
           "#!/bin/sh\necho 'rig: v%s health check fails on purpose' >&2\nexit 1\n" % version, 0o755)
     w("usr/lib/greenboot/green.d/50-rig", "#!/bin/sh\necho OTTER-GREEN\n", 0o755)
     w("usr/lib/greenboot/red.d/50-rig", "#!/bin/sh\necho OTTER-RED\n", 0o755)
-    # busybox has no systemd: otter-boot's default reboot command is `systemctl reboot`.
-    w("usr/bin/systemctl", "#!/bin/sh\ncase \"$1\" in reboot) sync; exec reboot ;; "
-      "*) echo \"systemctl shim: $*: not supported\" >&2; exit 1 ;; esac\n", 0o755)
     w("usr/etc/otter/rig-boot.sh", RIG_BOOT, 0o755)
     w("usr/etc/otter/otter.conf", OTTER_CONF)
     return dest
@@ -439,7 +440,7 @@ def os_tree(version, dest, health="ok"):
 
 VERSIONS = {1: "ok", 2: "ok", 3: "fail", 4: "panic"}
 # Bump when os_tree(), the disk layout or the install steps change (cache key of the images).
-IMAGE_FORMAT = ("image-format-1", RCS, RIG_BOOT, OTTER_CONF, INITTAB, tuple(VERSIONS.items()))
+IMAGE_FORMAT = ("image-format-2", RCS, RIG_BOOT, OTTER_CONF, INITTAB, tuple(VERSIONS.items()))
 
 
 def otter_board(*args):
@@ -472,16 +473,15 @@ umount $mnt; rmdir $mnt
 
 
 def otter_install_sysroot(image_dir, out):
-    """`otter install --sysroot OUT oci:DIR:v1` with the host build of otter (the board's kernel
-    arguments passed with --karg until `--board` is wired)."""
+    """`otter install --board BOARD --sysroot OUT oci:DIR:v1` with the host build of otter (the
+    board profile writes fw_env.config, the kernel arguments and uEnv.txt)."""
     otter = os.path.join(REPO, "target/debug/otter")
     os.makedirs(out)
-    kargs = otter_board("file", BOARD, "cmdline").split()
     cfg = os.path.join(os.path.dirname(out), "install.conf")
     with open(cfg, "w") as f:
-        f.write(f"[update]\nstateroot = {STATEROOT}\n[trust]\nrequire-signature = false\n")
-    run([otter, "--config", cfg, "install", "--sysroot", out, "--stateroot", STATEROOT]
-        + [f"--karg={k}" for k in kargs] + [f"oci:{image_dir}:v1"])
+        f.write(f"[update]\nstateroot = {STATEROOT}\nplatform = linux/arm64\n[trust]\nrequire-signature = false\n")
+    run([otter, "--config", cfg, "install", "--sysroot", out, "--stateroot", STATEROOT,
+         "--board", BOARD, f"oci:{image_dir}:v1"])
 
 
 def make_disk(sysroot, out_qcow2, envfile=None):
@@ -679,7 +679,8 @@ def disk_for(versions=(1,), arm=False):
         else:
             log(f"deploying v{versions} with ostree admin deploy (placeholder until otter install works)")
             placeholder_sysroot(trees, sr)
-        log("applying board profile: " + otter_board("apply", BOARD, sr).strip().replace("\n", "; "))
+            log("applying board profile: " +
+                otter_board("apply", BOARD, sr).strip().replace("\n", "; "))
         envfile = None
         if arm:
             envfile = os.path.join(d, "uboot.env")
