@@ -341,7 +341,7 @@ require-signature = false
 [boot]
 backend = uboot:/etc/fw_env.config
 tries = 3
-# busybox init, no systemd (otter-boot's defaults are systemctl reboot / otter rollback)
+# busybox init, no systemd: the defaults would be systemctl reboot / otter rollback
 reboot-command = sync; reboot
 rollback-command = otter rollback
 check-timeout = 120
@@ -879,11 +879,15 @@ def overlay(base, path):
     return path
 
 
+LIVE = set()  # scenario contexts with processes that may still run (killed on a signal)
+
+
 class Ctx:
     def __init__(self, name, workdir):
         self.name, self.dir = name, workdir
         self.vms = []
         self.registry = None
+        LIVE.add(self)
 
     def start_registry(self):
         self.registry = Registry(self.dir)
@@ -899,6 +903,7 @@ class Ctx:
             v.kill()
         if self.registry:
             self.registry.stop()
+        LIVE.discard(self)
 
 
 def scenario_boot(ctx):
@@ -1249,6 +1254,11 @@ def main(argv):
               file=sys.stderr)
         return 2
     need_tools()
+    if os.environ.get("OTTER_RIG_PLACEHOLDER") != "1" and (
+            "otter" not in otter_binaries() or not otter_install_works()):
+        raise RigError("needs target/debug/otter and target/aarch64-unknown-linux-musl/release/"
+                       "{otter,otter-boot}: cargo build -p otter -p otter-board && cargo build "
+                       "--release --target aarch64-unknown-linux-musl -p otter -p otter-boot")
     os.makedirs(CACHE, exist_ok=True)
     names = ALL if argv[0] == "all" else [argv[0]]
     logroot = os.path.join(CACHE, "logs", time.strftime("%Y%m%d-%H%M%S"))
@@ -1305,7 +1315,22 @@ def main(argv):
     return 0 if all(r[1] == "PASS" for r in results) else 1
 
 
+def _terminated(signum, _frame):
+    # SIGTERM/SIGHUP/SIGINT (CI cancelling the job): kill every running scenario's QEMU and
+    # registry processes by PID, then exit (worker threads would otherwise keep going).
+    print(f"qemu-tests: signal {signum}: stopping QEMU and registry processes", file=sys.stderr)
+    for ctx in list(LIVE):
+        try:
+            ctx.cleanup()
+        except Exception as e:  # keep killing the others
+            print(f"qemu-tests: cleanup of {ctx.name}: {e}", file=sys.stderr)
+    os._exit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGHUP, _terminated)
+    signal.signal(signal.SIGINT, _terminated)
     try:
         sys.exit(main(sys.argv[1:]))
     except RigError as e:
