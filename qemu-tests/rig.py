@@ -341,6 +341,10 @@ require-signature = false
 [boot]
 backend = uboot:/etc/fw_env.config
 tries = 3
+# busybox init, no systemd: the defaults would be systemctl reboot / otter rollback
+reboot-command = sync; reboot
+rollback-command = otter rollback
+check-timeout = 120
 """
 
 INITTAB = """::sysinit:/etc/init.d/rcS
@@ -429,9 +433,6 @@ def os_tree(version, dest, health="ok"):
           "#!/bin/sh\necho 'rig: v%s health check fails on purpose' >&2\nexit 1\n" % version, 0o755)
     w("usr/lib/greenboot/green.d/50-rig", "#!/bin/sh\necho OTTER-GREEN\n", 0o755)
     w("usr/lib/greenboot/red.d/50-rig", "#!/bin/sh\necho OTTER-RED\n", 0o755)
-    # busybox has no systemd: otter-boot's default reboot command is `systemctl reboot`.
-    w("usr/bin/systemctl", "#!/bin/sh\ncase \"$1\" in reboot) sync; exec reboot ;; "
-      "*) echo \"systemctl shim: $*: not supported\" >&2; exit 1 ;; esac\n", 0o755)
     w("usr/etc/otter/rig-boot.sh", RIG_BOOT, 0o755)
     w("usr/etc/otter/otter.conf", OTTER_CONF)
     return dest
@@ -439,7 +440,7 @@ def os_tree(version, dest, health="ok"):
 
 VERSIONS = {1: "ok", 2: "ok", 3: "fail", 4: "panic"}
 # Bump when os_tree(), the disk layout or the install steps change (cache key of the images).
-IMAGE_FORMAT = ("image-format-1", RCS, RIG_BOOT, OTTER_CONF, INITTAB, tuple(VERSIONS.items()))
+IMAGE_FORMAT = ("image-format-2", RCS, RIG_BOOT, OTTER_CONF, INITTAB, tuple(VERSIONS.items()))
 
 
 def otter_board(*args):
@@ -472,16 +473,15 @@ umount $mnt; rmdir $mnt
 
 
 def otter_install_sysroot(image_dir, out):
-    """`otter install --sysroot OUT oci:DIR:v1` with the host build of otter (the board's kernel
-    arguments passed with --karg until `--board` is wired)."""
+    """`otter install --board BOARD --sysroot OUT oci:DIR:v1` with the host build of otter (the
+    board profile writes fw_env.config, the kernel arguments and uEnv.txt)."""
     otter = os.path.join(REPO, "target/debug/otter")
     os.makedirs(out)
-    kargs = otter_board("file", BOARD, "cmdline").split()
     cfg = os.path.join(os.path.dirname(out), "install.conf")
     with open(cfg, "w") as f:
-        f.write(f"[update]\nstateroot = {STATEROOT}\n[trust]\nrequire-signature = false\n")
-    run([otter, "--config", cfg, "install", "--sysroot", out, "--stateroot", STATEROOT]
-        + [f"--karg={k}" for k in kargs] + [f"oci:{image_dir}:v1"])
+        f.write(f"[update]\nstateroot = {STATEROOT}\nplatform = linux/arm64\n[trust]\nrequire-signature = false\n")
+    run([otter, "--config", cfg, "install", "--sysroot", out, "--stateroot", STATEROOT,
+         "--board", BOARD, f"oci:{image_dir}:v1"])
 
 
 def make_disk(sysroot, out_qcow2, envfile=None):
@@ -679,7 +679,8 @@ def disk_for(versions=(1,), arm=False):
         else:
             log(f"deploying v{versions} with ostree admin deploy (placeholder until otter install works)")
             placeholder_sysroot(trees, sr)
-        log("applying board profile: " + otter_board("apply", BOARD, sr).strip().replace("\n", "; "))
+            log("applying board profile: " +
+                otter_board("apply", BOARD, sr).strip().replace("\n", "; "))
         envfile = None
         if arm:
             envfile = os.path.join(d, "uboot.env")
@@ -878,11 +879,15 @@ def overlay(base, path):
     return path
 
 
+LIVE = set()  # scenario contexts with processes that may still run (killed on a signal)
+
+
 class Ctx:
     def __init__(self, name, workdir):
         self.name, self.dir = name, workdir
         self.vms = []
         self.registry = None
+        LIVE.add(self)
 
     def start_registry(self):
         self.registry = Registry(self.dir)
@@ -898,6 +903,7 @@ class Ctx:
             v.kill()
         if self.registry:
             self.registry.stop()
+        LIVE.discard(self)
 
 
 def scenario_boot(ctx):
@@ -1248,6 +1254,11 @@ def main(argv):
               file=sys.stderr)
         return 2
     need_tools()
+    if os.environ.get("OTTER_RIG_PLACEHOLDER") != "1" and (
+            "otter" not in otter_binaries() or not otter_install_works()):
+        raise RigError("needs target/debug/otter and target/aarch64-unknown-linux-musl/release/"
+                       "{otter,otter-boot}: cargo build -p otter -p otter-board && cargo build "
+                       "--release --target aarch64-unknown-linux-musl -p otter -p otter-boot")
     os.makedirs(CACHE, exist_ok=True)
     names = ALL if argv[0] == "all" else [argv[0]]
     logroot = os.path.join(CACHE, "logs", time.strftime("%Y%m%d-%H%M%S"))
@@ -1304,7 +1315,22 @@ def main(argv):
     return 0 if all(r[1] == "PASS" for r in results) else 1
 
 
+def _terminated(signum, _frame):
+    # SIGTERM/SIGHUP/SIGINT (CI cancelling the job): kill every running scenario's QEMU and
+    # registry processes by PID, then exit (worker threads would otherwise keep going).
+    print(f"qemu-tests: signal {signum}: stopping QEMU and registry processes", file=sys.stderr)
+    for ctx in list(LIVE):
+        try:
+            ctx.cleanup()
+        except Exception as e:  # keep killing the others
+            print(f"qemu-tests: cleanup of {ctx.name}: {e}", file=sys.stderr)
+    os._exit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGHUP, _terminated)
+    signal.signal(signal.SIGINT, _terminated)
     try:
         sys.exit(main(sys.argv[1:]))
     except RigError as e:

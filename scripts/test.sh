@@ -28,5 +28,13 @@ echo "== static aarch64 device binaries"
 cargo build --release --target aarch64-unknown-linux-musl -p otter -p otter-boot
 ls -l target/aarch64-unknown-linux-musl/release/otter target/aarch64-unknown-linux-musl/release/otter-boot
 
+# Boots real U-Boot + a Debian arm64 kernel in qemu-system-aarch64 (TCG) and runs update,
+# rollback, power-cut, usb and kernel-panic end to end; prints a summary with wall times and
+# fails if any scenario fails. Its QEMU and registry processes are stopped by PID, their output
+# goes to qemu-tests/.cache/logs/. Needs the two builds above and `target/debug/otter`.
+echo "== QEMU aarch64 rig: update rollback power-cut usb kernel-panic (qemu-tests/run all)"
+cargo build -p otter -p otter-board
+qemu-tests/run all
+
 echo
 echo "== all tests passed"

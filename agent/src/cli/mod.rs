@@ -29,8 +29,9 @@ const USAGE: &str = "\
 usage: otter [GLOBAL OPTIONS] COMMAND [ARGS]
 
 commands:
-  install --sysroot DIR [--stateroot NAME] [--karg ARG]... IMAGE
-                        first deployment onto an empty sysroot
+  install --sysroot DIR [--stateroot NAME] [--board NAME|FILE] [--karg ARG]... IMAGE
+                        first deployment onto an empty sysroot; --board writes the
+                        board's boot-count config, kernel arguments and uEnv.txt
   switch IMAGE          track another image, then upgrade to it
   upgrade [--check] [--download-only] [--apply]
                         update to the newest version of the tracked image
@@ -127,6 +128,8 @@ impl Default for Global {
 pub enum Command {
     Install {
         stateroot: Option<String>,
+        /// Board profile name (built in) or path to a `.conf`; checked at parse time.
+        board: Option<String>,
         kargs: Vec<String>,
         image: String,
     },
@@ -165,6 +168,7 @@ pub fn parse(args: &[String]) -> Result<(Global, Command)> {
     let mut positional: Vec<String> = Vec::new();
     let mut stateroot = None;
     let mut kargs = Vec::new();
+    let mut board = None;
     let (mut check, mut download_only, mut apply, mut json) = (false, false, false, false);
     let (mut once, mut mqtt, mut device_id, mut group, mut media) = (false, None, None, None, None);
     let mut it = args.iter().peekable();
@@ -249,6 +253,11 @@ pub fn parse(args: &[String]) -> Result<(Global, Command)> {
             "--karg" if cmd.as_deref() == Some("install") => {
                 kargs.push(value("a kernel argument")?)
             }
+            "--board" if cmd.as_deref() == Some("install") => {
+                let name = value("a board name or profile file")?;
+                otter_board::Profile::find(&name).map_err(|e| usage(format!("--board: {e:#}")))?;
+                board = Some(name)
+            }
             "--check" if cmd.as_deref() == Some("upgrade") => {
                 flag_only(&inline)?;
                 check = true
@@ -313,6 +322,7 @@ pub fn parse(args: &[String]) -> Result<(Global, Command)> {
             }
             Command::Install {
                 stateroot,
+                board,
                 kargs,
                 image: one("an IMAGE", &mut positional)?,
             }
@@ -540,10 +550,22 @@ fn run(g: &Global, cmd: Command) -> Result<i32> {
         } => daemon(sysroot, &config, opts, once, mqtt, device_id, group),
         Command::Install {
             stateroot,
+            board,
             kargs,
             image,
         } => {
             let image = parse_image(&image)?;
+            let profile = match &board {
+                Some(b) => {
+                    Some(otter_board::Profile::find(b).map_err(|e| usage(format!("{e:#}")))?)
+                }
+                None => None,
+            };
+            // The board's kernel arguments first, then --karg (which can add to them).
+            let kargs = match &profile {
+                Some(p) => p.kernel_args.iter().cloned().chain(kargs).collect(),
+                None => kargs,
+            };
             let stateroot = stateroot.unwrap_or_else(|| config.update.stateroot.clone());
             let res = update::install(sysroot, &stateroot, &image, kargs, &opts, &mut hook);
             record(
@@ -553,6 +575,9 @@ fn run(g: &Global, cmd: Command) -> Result<i32> {
                 &res.as_ref().map(|d| Outcome::Deployed(Box::new(d.clone()))),
             );
             let d = res?;
+            if let Some(p) = &profile {
+                apply_board(sysroot, &sysroot.join(d.rel_path()), p)?;
+            }
             println!("Installed {image} as {} {}.", d.stateroot, d.name());
             Ok(EXIT_OK)
         }
@@ -592,6 +617,76 @@ fn run(g: &Global, cmd: Command) -> Result<i32> {
             Ok(code)
         }
     }
+}
+
+/// After `install --board`: the board's files into the sysroot (`fw_env.config`, kernel
+/// arguments, `uEnv.txt`: [`otter_board::apply_to_sysroot`]) and the board name as `[trust]
+/// board` into the deployment's `etc/otter/otter.conf` (only when that file exists and has no
+/// `board` in `[trust]`; release statements naming another board are then refused).
+fn apply_board(sysroot: &Path, deployment: &Path, profile: &otter_board::Profile) -> Result<()> {
+    let applied = otter_board::apply_to_sysroot(profile, sysroot, &[deployment])
+        .with_context(|| format!("applying board {} to {}", profile.name, sysroot.display()))?;
+    for f in &applied.files {
+        log::info!("board {}: wrote {}", profile.name, f.display());
+    }
+    let conf = deployment.join("etc/otter/otter.conf");
+    if conf.is_file() {
+        let text = std::fs::read_to_string(&conf)
+            .with_context(|| format!("reading {}", conf.display()))?;
+        if let Some(new) = with_trust_board(&text, &profile.name) {
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&conf)
+                    .with_context(|| format!("stat {}", conf.display()))?
+                    .permissions(),
+            ) & 0o7777;
+            crate::ostree::write_atomic(&conf, new.as_bytes(), mode)?;
+            log::info!(
+                "board {}: set [trust] board in {}",
+                profile.name,
+                conf.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `text` (an otter.conf) with `board = NAME` in `[trust]`, or None when `[trust]` already has
+/// a `board` key. Adds the key right after the `[trust]` header (or a new `[trust]` section at
+/// the end), leaving every other line as it was.
+fn with_trust_board(text: &str, name: &str) -> Option<String> {
+    let mut section = String::new();
+    let mut header_line = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(s) = t.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            section = s.trim().to_string();
+            if section == "trust" && header_line.is_none() {
+                header_line = Some(i);
+            }
+        } else if section == "trust" && t.split_once('=').map(|(k, _)| k.trim()) == Some("board") {
+            return None;
+        }
+    }
+    let mut out = String::with_capacity(text.len() + 32);
+    match header_line {
+        Some(h) => {
+            for (i, line) in text.lines().enumerate() {
+                out.push_str(line);
+                out.push('\n');
+                if i == h {
+                    out.push_str(&format!("board = {name}\n"));
+                }
+            }
+        }
+        None => {
+            out.push_str(text);
+            if !text.is_empty() && !text.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&format!("\n[trust]\nboard = {name}\n"));
+        }
+    }
+    Some(out)
 }
 
 fn finish(sysroot: &Path, op: &str, image: &str, res: Result<Outcome>, check: bool) -> Result<i32> {
@@ -860,6 +955,7 @@ mod tests {
             c,
             Command::Install {
                 stateroot: None,
+                board: None,
                 kargs: vec!["quiet".into(), "console=ttyS0".into()],
                 image: "oci:/x:v1".into()
             }
@@ -879,6 +975,34 @@ mod tests {
             Command::Status { json: true }
         );
         assert_eq!(p("--help").unwrap().1, Command::Help);
+        let (_, c) = p("install --sysroot /s --board qemu-aarch64-virt oci:/x").unwrap();
+        assert!(matches!(c, Command::Install { board: Some(b), .. } if b == "qemu-aarch64-virt"));
+    }
+
+    #[test]
+    fn unknown_board_lists_known() {
+        let e = p("install --sysroot /s --board nope oci:/x").unwrap_err();
+        assert!(e.is::<UsageError>());
+        assert!(format!("{e:#}").contains("qemu-aarch64-virt"), "{e:#}");
+    }
+
+    #[test]
+    fn trust_board_edit() {
+        assert_eq!(
+            with_trust_board(
+                "[update]\nimage = x\n[trust]\nrequire-signature = true\n",
+                "b"
+            )
+            .unwrap(),
+            "[update]\nimage = x\n[trust]\nboard = b\nrequire-signature = true\n"
+        );
+        assert_eq!(
+            with_trust_board("[update]\nimage = x", "b").unwrap(),
+            "[update]\nimage = x\n\n[trust]\nboard = b\n"
+        );
+        assert_eq!(with_trust_board("[trust]\n board = a\n", "b"), None);
+        // `board` of another section does not count
+        assert!(with_trust_board("[x]\nboard = a\n", "b").is_some());
     }
 
     #[test]
@@ -895,6 +1019,8 @@ mod tests {
             "--progress=xml status",
             "--progress-fd -1 status",
             "--sysroot",
+            "install --sysroot /s --board no-such-board oci:/x",
+            "status --board qemu-aarch64-virt",
         ] {
             let e = p(bad).unwrap_err();
             assert!(e.is::<UsageError>(), "{bad:?}: {e:#}");
