@@ -36,5 +36,8 @@ echo "== QEMU aarch64 rig: update rollback power-cut usb kernel-panic (qemu-test
 cargo build -p otter -p otter-board
 qemu-tests/run all
 
+echo "== yocto-layer (oelint-adv, crate list in sync with Cargo.lock, rootfs -> OCI -> otter install)"
+yocto-layer/tests/run.sh
+
 echo
 echo "== all tests passed"
