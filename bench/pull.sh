@@ -9,32 +9,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh >/dev/null
 command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap >/dev/null
 
-cache=bench/.cache
-mkdir -p "$cache"
-rootfs_tar=$cache/A.tar   # shared with bench/delta.sh
-if [ ! -s "$rootfs_tar" ]; then
-  echo "== building the arm64 bench rootfs with mmdebstrap (once, cached in $cache)"
-  mmdebstrap --variant=extract --arch=arm64 --include=linux-image-arm64,openssh-server,curl,ca-certificates \
-    bookworm "$cache/A.part.tar" >"$cache/A.log" 2>&1
-  mv "$cache/A.part.tar" "$rootfs_tar"
-fi
-# Both tools read the very same layer blob, prepared once so that `ostree admin deploy`
-# accepts it (bench/lib/ostree-ready-tar.py).
-layer_tar=$cache/A-ostree.tar
-if [ ! -s "$layer_tar" ]; then
-  python3 bench/lib/ostree-ready-tar.py "$rootfs_tar" "$cache/A-ostree.part.tar"
-  mv "$cache/A-ostree.part.tar" "$layer_tar"
-fi
-layout=$cache/pull-layout
-if [ ! -d "$layout" ]; then
-  rm -rf "$layout.part"
-  umoci init --layout "$layout.part"
-  umoci new --image "$layout.part:bench"
-  umoci raw add-layer --image "$layout.part:bench" "$layer_tar"
-  umoci config --image "$layout.part:bench" --architecture arm64 --os linux \
-    --config.label org.opencontainers.image.version=1
-  mv "$layout.part" "$layout"
-fi
+. bench/lib/bench-image.sh
 cargo build --release -q -p otter
 # Deployment roots get `chattr +i` like ostree does; keep the scratch sysroots deletable.
 export OSTREE_SYSROOT_DEBUG=mutable-deployments
