@@ -328,6 +328,7 @@ if [ -x /usr/bin/otter-boot ]; then
 fi
 """
 
+CHUNK = 1024 * 1024  # otter's download journal chunk (SourceOptions::chunk_size)
 REGISTRY = "10.0.2.100:5000"  # the guest's view of the rig's registry (QEMU guestfwd)
 IMAGE = f"{REGISTRY}/otter/os:stable"
 
@@ -337,7 +338,8 @@ stateroot = {STATEROOT}
 [registry]
 insecure-hosts = {REGISTRY}
 [trust]
-require-signature = false
+require-signature = true
+keys-dir = /etc/otter/keys
 [boot]
 backend = uboot:/etc/fw_env.config
 tries = 3
@@ -378,7 +380,7 @@ def os_tree(version, dest, health="ok"):
     """Write the OS tree for `version` (1..4) into dest (ostree/OCI layout: /usr, /usr/etc)."""
     kdir, kver = kernel()
     bb = os.path.join(kdir, "busybox")
-    for sub in ["usr/bin", "usr/lib", "usr/etc/init.d", "usr/etc/otter", "usr/share/otter-test",
+    for sub in ["usr/bin", "usr/lib", "usr/etc/init.d", "usr/etc/otter/keys", "usr/share/otter-test",
                 "usr/lib/greenboot/check/required.d", "usr/lib/greenboot/check/wanted.d",
                 "usr/lib/greenboot/green.d", "usr/lib/greenboot/red.d",
                 f"usr/lib/modules/{kver}",
@@ -435,12 +437,45 @@ def os_tree(version, dest, health="ok"):
     w("usr/lib/greenboot/red.d/50-rig", "#!/bin/sh\necho OTTER-RED\n", 0o755)
     w("usr/etc/otter/rig-boot.sh", RIG_BOOT, 0o755)
     w("usr/etc/otter/otter.conf", OTTER_CONF)
+    shutil.copy(release_key()[1], os.path.join(dest, "usr/etc/otter/keys/rig.pub"))
     return dest
 
 
 VERSIONS = {1: "ok", 2: "ok", 3: "fail", 4: "panic"}
 # Bump when os_tree(), the disk layout or the install steps change (cache key of the images).
-IMAGE_FORMAT = ("image-format-2", RCS, RIG_BOOT, OTTER_CONF, INITTAB, tuple(VERSIONS.items()))
+IMAGE_FORMAT = ("image-format-3", RCS, RIG_BOOT, OTTER_CONF, INITTAB, tuple(VERSIONS.items()))
+
+
+PUBLISH = os.path.join(REPO, "target/debug/otter-publish")
+
+
+def release_key():
+    """The rig's minisign release key pair (otter-publish keygen), made once per cache."""
+    st = Step("keys", "keys-1")
+    if not st.fresh():
+        d = st.begin()
+        run([PUBLISH, "keygen", "--out", os.path.join(d, "rig")])
+        st.done()
+    return os.path.join(st.dir, "rig.key"), os.path.join(st.dir, "rig.pub")
+
+
+def sign(image, content=None):
+    """`otter-publish sign` a release statement for IMAGE (for this board); returns the content
+    checksum. With `content` (known from signing the layout) the import is skipped."""
+    cmd = [PUBLISH, "sign", "--key", release_key()[0], "--board", BOARD, image]
+    if content:
+        cmd += ["--content-checksum", content]
+    if image.startswith("docker://"):
+        cmd.append("--plain-http")
+    m = re.search(r"\(content ([0-9a-f]{64})\)", run(cmd))
+    if not m:
+        raise RigError(f"otter-publish sign {image}: no content checksum in its output")
+    return m.group(1)
+
+
+def content_checksums():
+    with open(os.path.join(oci_images() + "-content.json")) as f:
+        return {int(k): v for k, v in json.load(f).items()}
 
 
 def otter_board(*args):
@@ -479,7 +514,8 @@ def otter_install_sysroot(image_dir, out):
     os.makedirs(out)
     cfg = os.path.join(os.path.dirname(out), "install.conf")
     with open(cfg, "w") as f:
-        f.write(f"[update]\nstateroot = {STATEROOT}\nplatform = linux/arm64\n[trust]\nrequire-signature = false\n")
+        f.write(f"[update]\nstateroot = {STATEROOT}\nplatform = linux/arm64\n[trust]\n"
+                f"require-signature = true\nkeys-dir = {os.path.dirname(release_key()[1])}\n")
     run([otter, "--config", cfg, "install", "--sysroot", out, "--stateroot", STATEROOT,
          "--board", BOARD, f"oci:{image_dir}:v1"])
 
@@ -666,7 +702,7 @@ def disk_for(versions=(1,), arm=False):
         otter_install_works() and list(versions) == [1] and not arm
     key = digest(kdir, initramfs(), initramfs(broken=True), uboot_bits(), IMAGE_FORMAT,
                  os.path.join(REPO, "board-support/boards", BOARD + ".conf"),
-                 *bins.values(), use_otter, versions, arm)
+                 *bins.values(), *release_key(), use_otter, versions, arm)
     name = "base-" + "-".join(map(str, versions)) + ("-armed" if arm else "")
     st = Step(name, key)
     if not st.fresh():
@@ -762,7 +798,8 @@ def oci_images():
     (busybox, kernel, initramfs) and a small per-version layer, as an OS build would have."""
     kdir, kver = kernel()
     bins = otter_binaries()
-    key = digest(kdir, initramfs(), initramfs(broken=True), IMAGE_FORMAT, *bins.values())
+    key = digest(kdir, initramfs(), initramfs(broken=True), IMAGE_FORMAT, *bins.values(),
+                 *release_key())
     st = Step("oci", key)
     if not st.fresh():
         d = st.begin()
@@ -826,6 +863,12 @@ def oci_images():
             json.dump(index, f, indent=1)
         run(["rm", "-f", os.path.join(d, "base.tar.gz")] + glob.glob(os.path.join(d, "v*.tar.gz")))
         # The real tools must accept it.
+        for v in VERSIONS:
+            run(["skopeo", "inspect", f"oci:{layout}:v{v}"])
+        # Release statements (signature artifacts in the layout, not tagged).
+        content = {v: sign(f"oci:{layout}:v{v}") for v in VERSIONS}
+        with open(layout + "-content.json", "w") as f:
+            json.dump(content, f)
         for v in VERSIONS:
             run(["skopeo", "inspect", f"oci:{layout}:v{v}"])
         st.done()
@@ -991,8 +1034,10 @@ def registry_with(ctx, stable):
     """The rig's registry with v1..v4 and `stable` pointing at version `stable`."""
     reg = ctx.registry or ctx.start_registry()
     layout = oci_images()
+    content = content_checksums()
     for v in VERSIONS:
         reg.push(layout, f"v{v}")
+        sign(f"docker://127.0.0.1:{reg.port}/otter/os:v{v}", content[v])
     reg.push(layout, f"v{stable}", dest_tag="stable")
     return reg
 
@@ -1084,10 +1129,22 @@ def disk_after_update(ctx):
 def scenario_update(ctx):
     """v1 -> otter upgrade from the registry -> reboot -> v2 on trial -> healthy -> marked good."""
     need_otter()
-    registry_with(ctx, stable=2)
+    reg = registry_with(ctx, stable=2)
+    reg.push(oci_images(), "v2", name="otter/unsigned")
     disk = overlay(base_disk(), os.path.join(ctx.dir, "disk.qcow2"))
     vm = ctx.vm(disk, registry_port=ctx.registry.port)
     boot_expect(vm, 1)
+    # [trust] require-signature = true: an image without a release statement is refused (exit 3)
+    # and nothing is staged or armed.
+    rc, out = vm.sh(f"otter --progress log switch {REGISTRY}/otter/unsigned:v2", timeout=300,
+                    check=False)
+    if rc != 3:
+        raise RigError(f"update: unsigned image: expected exit 3 (verification failed), got {rc}:"
+                       f"\n{out}")
+    _, st = vm.sh("otter status")
+    if "pending" in st or "armed" in st.split("Boot counter:")[-1].split("\n")[0]:
+        raise RigError(f"update: the refused unsigned image changed the system:\n{st}")
+    log("update: unsigned image refused: " + out.strip().splitlines()[-1])
     upgrade_to(vm, 2)
     reboot(vm)
     boot_expect(vm, 2, counted=1, then=[r"OTTER-GREEN"])
@@ -1151,10 +1208,12 @@ def scenario_power_cut(ctx):
     bytes_rx = r'"event":"bytes","digest":"(sha256:[0-9a-f]+)","done":(\d+),"total":(\d+)'
     cut_at = {}
     for phase, conf, pattern in [
-            # at least 2 MB into a layer bigger than 10 MB: otter journals 1 MiB chunks, so
-            # a cut earlier than the first fsynced chunk has nothing to resume from
+            # at least 1.2 MB into a layer that is bigger than 10 MB: past the first journaled
+            # chunk (the download journal records 1 MiB chunks; a cut inside the first one
+            # rightly starts over)
             ("download", "/tmp/slow.conf",
-             r'"event":"bytes","digest":"(sha256:[0-9a-f]+)","done":([2-9]\d{6}|\d{8,}),"total":(\d{8,})'),
+             r'"event":"bytes","digest":"(sha256:[0-9a-f]+)",'
+             r'"done":(1[2-9]\d{5}|[2-9]\d{6}|\d{8,}),"total":(\d{8,})'),
             ("deploy", "/etc/otter/otter.conf", r'"event":"deploy"')]:
         vm = ctx.vm(disk, registry_port=ctx.registry.port)
         boot_expect(vm, 1)
@@ -1172,10 +1231,12 @@ def scenario_power_cut(ctx):
             # The download must have resumed where the power cut left it, not from zero.
             firsts = [mm for mm in re.finditer(bytes_rx.encode(), vm.buf[start:])
                       if mm.group(1).decode() == cut_at["digest"]]
-            if not firsts or int(firsts[0].group(2)) < cut_at["done"] // 2:
+            journaled = cut_at["done"] // CHUNK * CHUNK
+            if not firsts or int(firsts[0].group(2)) < journaled:
                 got = firsts[0].group(0).decode() if firsts else "no bytes events"
                 raise RigError(f"power-cut: download of {cut_at['digest']} did not resume after "
-                               f"the cut at {cut_at['done']} bytes: first event {got}")
+                               f"the cut at {cut_at['done']} bytes ({journaled} journaled): "
+                               f"first event {got}")
             log(f"power-cut: download resumed at {int(firsts[0].group(2))} bytes "
                 f"(cut at {cut_at['done']})")
         time.sleep(0.05)
@@ -1197,6 +1258,7 @@ def usb_disk(ctx, version):
     d = os.path.join(ctx.dir, "usb")
     os.makedirs(d)
     run(["skopeo", "copy", "-q", f"oci:{oci_images()}:v{version}", f"oci:{d}/os:v{version}"])
+    sign(f"oci:{d}/os:v{version}", content_checksums()[version])
     img = os.path.join(ctx.dir, "usb.img")
     run(["mkfs.ext4", "-q", "-F", "-L", "OTTERUSB", "-d", d, img, "64M"])
     return img
@@ -1256,10 +1318,12 @@ def main(argv):
         return 2
     need_tools()
     if os.environ.get("OTTER_RIG_PLACEHOLDER") != "1" and (
-            "otter" not in otter_binaries() or not otter_install_works()):
-        raise RigError("needs target/debug/otter and target/aarch64-unknown-linux-musl/release/"
-                       "{otter,otter-boot}: cargo build -p otter -p otter-board && cargo build "
-                       "--release --target aarch64-unknown-linux-musl -p otter -p otter-boot")
+            "otter" not in otter_binaries() or not otter_install_works()
+            or not os.path.exists(PUBLISH)):
+        raise RigError("needs target/debug/{otter,otter-publish} and target/aarch64-unknown-linux-"
+                       "musl/release/{otter,otter-boot}: cargo build -p otter -p otter-board "
+                       "--features otter/publish && cargo build --release --target "
+                       "aarch64-unknown-linux-musl -p otter -p otter-boot")
     os.makedirs(CACHE, exist_ok=True)
     names = ALL if argv[0] == "all" else [argv[0]]
     logroot = os.path.join(CACHE, "logs", time.strftime("%Y%m%d-%H%M%S"))

@@ -31,9 +31,10 @@ ls -l target/aarch64-unknown-linux-musl/release/otter target/aarch64-unknown-lin
 # Boots real U-Boot + a Debian arm64 kernel in qemu-system-aarch64 (TCG) and runs update,
 # rollback, power-cut, usb and kernel-panic end to end; prints a summary with wall times and
 # fails if any scenario fails. Its QEMU and registry processes are stopped by PID, their output
-# goes to qemu-tests/.cache/logs/. Needs the two builds above and `target/debug/otter`.
+# goes to qemu-tests/.cache/logs/. Needs the aarch64 build above and the host otter,
+# otter-board and otter-publish (signs the rig's images).
 echo "== QEMU aarch64 rig: update rollback power-cut usb kernel-panic (qemu-tests/run all)"
-cargo build -p otter -p otter-board
+cargo build -p otter -p otter-board --features otter/publish
 qemu-tests/run all
 
 echo "== yocto-layer (oelint-adv, crate list in sync with Cargo.lock, rootfs -> OCI -> otter install)"
