@@ -7,32 +7,12 @@ mod deploy_util;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use deploy_util::*;
 
 const OTTER: &str = env!("CARGO_BIN_EXE_otter");
 const BOARD: &str = "qemu-aarch64-virt";
-
-fn otter(sysroot: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new(OTTER);
-    c.arg(format!("--sysroot={}", sysroot.display()))
-        .arg("--config=/dev/null")
-        .args(args)
-        .env_remove("OTTER_BOOTED_DEPLOYMENT");
-    c.output().unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "otter failed: {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// An OCI layout with tag v1 whose /etc/otter/otter.conf has a `[trust]` section without `board`.
 fn build_image(work: &Path) -> PathBuf {

@@ -6,7 +6,30 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
+
+/// The `otter` binary on `sysroot` with an empty config and no booted-deployment override.
+pub fn otter(sysroot: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_otter"))
+        .arg(format!("--sysroot={}", sysroot.display()))
+        .arg("--config=/dev/null")
+        .args(args)
+        .env_remove("OTTER_BOOTED_DEPLOYMENT")
+        .output()
+        .unwrap()
+}
+
+/// Assert that an `otter` run succeeded (printing its output if not); returns stdout.
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "otter failed: {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
 
 /// Run a tool, panic with its output if it fails; returns stdout.
 pub fn run(cmd: &mut Command) -> String {
