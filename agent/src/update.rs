@@ -298,7 +298,7 @@ fn run(
         .as_ref()
         .and_then(|d| DeltaBase::of(s.repo(), &d.checksum));
     if mode == Mode::Check {
-        let plan = fetch_plan(src.as_mut(), &resolved, base.as_ref());
+        let plan = fetch_plan(src.as_mut(), &resolved, base.as_ref(), Some(s.repo()));
         progress.event(&Event::Plan {
             path: plan.path.to_owned(),
             bytes: plan.bytes,
@@ -430,15 +430,28 @@ impl DeltaBase {
 }
 
 /// Whether a delta from `base` to `image` is published, and what it costs to download; else
-/// the layers. Errors looking for a delta mean "layers" (logged).
+/// the layers (without those `repo` has recorded, see [`recorded_layers`]). Errors looking for
+/// a delta mean "layers" (logged).
 pub fn fetch_plan(
     src: &mut dyn ImageSource,
     image: &ResolvedImage,
     base: Option<&DeltaBase>,
+    repo: Option<&Repo>,
 ) -> FetchPlan {
+    let recorded = match repo {
+        Some(r) => recorded_layers(r, image),
+        None => vec![None; image.manifest.layers.len()],
+    };
     let layers = FetchPlan {
         path: "layers",
-        bytes: image.manifest.layers.iter().map(|l| l.size).sum(),
+        bytes: image
+            .manifest
+            .layers
+            .iter()
+            .zip(&recorded)
+            .filter(|(_, r)| r.is_none())
+            .map(|(l, _)| l.size)
+            .sum(),
     };
     let Some(base) = base else {
         return layers;

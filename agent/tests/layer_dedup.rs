@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod deploy_util;
+mod source_util;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,13 +13,19 @@ use std::process::{Command, Output};
 
 use deploy_util::*;
 use otter::deploy::Sysroot;
+use source_util::proxy::{Faults, Proxy};
+use source_util::{skopeo_push, Registry, RegistryOpts};
 
 const OTTER: &str = env!("CARGO_BIN_EXE_otter");
 
 fn otter(sysroot: &Path, args: &[&str]) -> Output {
+    otter_cfg(sysroot, Path::new("/dev/null"), args)
+}
+
+fn otter_cfg(sysroot: &Path, config: &Path, args: &[&str]) -> Output {
     let mut c = Command::new(OTTER);
     c.arg(format!("--sysroot={}", sysroot.display()))
-        .arg("--config=/dev/null")
+        .arg(format!("--config={}", config.display()))
         .args(args)
         .env_remove("OTTER_BOOTED_DEPLOYMENT");
     c.output().unwrap()
@@ -337,4 +344,129 @@ fn shared_base_layer_is_not_downloaded_again() {
     ]);
     assert!(ls.contains("/opt/data/.wh..wh..opq"), "{ls}");
     assert!(ls.contains("/usr/share/.wh.old"), "{ls}");
+}
+
+/// Same images from a real `docker-registry` behind a counting proxy: the upgrade to v2 sends
+/// no request for the shared base blob.
+#[test]
+fn registry_upgrade_skips_the_shared_base_blob() {
+    let t = Tmpfs::new();
+    let layout = build_images(t.path());
+    let (blobs1, _) = layers_of(&layout, "v1");
+    let reg = Registry::start(
+        &t.path().join("reg"),
+        RegistryOpts {
+            tls: None,
+            htpasswd: None,
+        },
+    );
+    for tag in ["v1", "v2"] {
+        skopeo_push(
+            &layout,
+            tag,
+            &format!("docker://{}/os/dedup:{tag}", reg.host()),
+            &[],
+        );
+    }
+    let proxy = Proxy::start(
+        reg.port,
+        Faults {
+            target: blobs1[0].strip_prefix("sha256:").unwrap().to_owned(),
+            ..Default::default()
+        },
+    );
+    let cfg = t.path().join("otter.conf");
+    fs::write(
+        &cfg,
+        format!("[registry]\ninsecure-hosts = 127.0.0.1:{}\n", proxy.port),
+    )
+    .unwrap();
+    let image = |tag: &str| format!("docker://127.0.0.1:{}/os/dedup:{tag}", proxy.port);
+    let sr = t.path().join("sysroot");
+    ok(&otter_cfg(
+        &sr,
+        &cfg,
+        &[
+            "install",
+            "--no-signature-verification",
+            "--stateroot=testos",
+            &image("v1"),
+        ],
+    ));
+    let base_size = fs::metadata(blob(&layout, &blobs1[0])).unwrap().len();
+    let (requests, served) = (
+        proxy.requests.load(std::sync::atomic::Ordering::SeqCst),
+        proxy.served(),
+    );
+    assert!(requests >= 1, "the install must fetch the base blob");
+    assert_eq!(served, base_size);
+    ok(&otter_cfg(
+        &sr,
+        &cfg,
+        &["switch", "--no-signature-verification", &image("v2")],
+    ));
+    assert_eq!(
+        proxy.requests.load(std::sync::atomic::Ordering::SeqCst),
+        requests,
+        "the upgrade requested the base blob again"
+    );
+    assert_eq!(proxy.served(), served);
+    ostree(&["fsck", &repo_arg(&sr)]);
+    let d2 = sr.join(format!(
+        "ostree/deploy/testos/deploy/{}.0",
+        default_commit_cfg(&sr, &cfg)
+    ));
+    assert_eq!(
+        fs::read_to_string(d2.join("opt/app2")).unwrap(),
+        "app two\n"
+    );
+    assert!(!d2.join("opt/app1").exists());
+}
+
+fn default_commit_cfg(sr: &Path, cfg: &Path) -> String {
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&otter_cfg(sr, cfg, &["status", "--json"]))).unwrap();
+    st["deployments"][0]["checksum"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A recorded layer that cannot be replayed (its ref points at something that is not a layer
+/// commit) costs a download, never a wrong tree: the ref is dropped, everything is fetched, and
+/// the layer is recorded again.
+#[test]
+fn broken_layer_record_falls_back_to_download() {
+    let t = Tmpfs::new();
+    let layout = build_images(t.path());
+    let (_, diffs1) = layers_of(&layout, "v1");
+    let sr = t.path().join("sysroot");
+    ok(&otter(
+        &sr,
+        &[
+            "install",
+            "--no-signature-verification",
+            "--stateroot=testos",
+            &format!("oci:{}:v1", layout.display()),
+        ],
+    ));
+    let c1 = default_commit(&sr);
+    let base = layer_ref(&diffs1[0]);
+    ostree(&["refs", &repo_arg(&sr), "--delete", &base]);
+    ostree(&["refs", &repo_arg(&sr), &format!("--create={base}"), &c1]);
+    ok(&otter(
+        &sr,
+        &[
+            "switch",
+            "--no-signature-verification",
+            &format!("oci:{}:v2", layout.display()),
+        ],
+    ));
+    let c2 = default_commit(&sr);
+    let d2 = sr.join(format!("ostree/deploy/testos/deploy/{c2}.0"));
+    assert_eq!(fs::read_dir(d2.join("opt/data")).unwrap().count(), 1);
+    assert!(d2.join("usr/bin/hello").is_file());
+    let now = ostree(&["rev-parse", &repo_arg(&sr), &base]);
+    assert_ne!(now.trim(), c1, "the broken record must be replaced");
+    ostree(&["fsck", &repo_arg(&sr)]);
 }

@@ -1150,6 +1150,155 @@ mod tests {
         assert!(split_path("y".repeat(256).as_bytes()).is_err());
     }
 
+    /// Tar entries: (path, kind, data or link target, mode).
+    fn tar(entries: &[(&str, char, &str, u32)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data, mode) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(*mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            match kind {
+                'd' => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    b.append_data(&mut h, path, &[][..]).unwrap();
+                }
+                'f' => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, path, data.as_bytes()).unwrap();
+                }
+                'l' => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, data).unwrap();
+                }
+                'h' => {
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, data).unwrap();
+                }
+                _ => unreachable!(),
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn diff_id(t: &[u8]) -> String {
+        format!("sha256:{}", hex_of(&sha2::Sha256::digest(t)))
+    }
+
+    const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+    /// Import `layers` from their tars (recording them), returning the content checksum.
+    fn import_tars(repo: &Repo, layers: &[&[u8]]) -> Checksum {
+        let mut imp = Importer::new(repo);
+        for l in layers {
+            imp.apply_layer_recorded(TAR, &mut &l[..], &diff_id(l))
+                .unwrap();
+        }
+        imp.commit("t", Vec::new(), None).unwrap().content_checksum
+    }
+
+    /// Replaying recorded layers builds exactly the tree their tars build, also over another
+    /// lower layer than the one they were recorded on (order-dependent whiteouts, implied
+    /// directories, hard links into the lower layer, the root entry).
+    #[test]
+    fn replay_equals_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(&dir.path().join("repo"), crate::ostree::RepoMode::BareUser).unwrap();
+        let base = tar(&[
+            ("usr/", 'd', "", 0o755),
+            ("usr/bin/hello", 'f', "hello\n", 0o755),
+            ("d/", 'd', "", 0o750),
+            ("d/old", 'f', "old\n", 0o644),
+            ("d2/keep/", 'd', "", 0o711),
+            ("d2/keep/x", 'f', "x\n", 0o644),
+            ("o/a", 'f', "a\n", 0o644),
+            ("o/sub/b", 'f', "b\n", 0o644),
+            ("gone", 'f', "gone\n", 0o644),
+            ("etc/conf", 'f', "conf\n", 0o600),
+        ]);
+        let other_base = tar(&[
+            ("usr/bin/hello", 'f', "another hello\n", 0o700),
+            ("d/", 'd', "", 0o700),
+            ("d/other", 'f', "other\n", 0o644),
+            ("d2/", 'd', "", 0o700),
+            ("o/", 'd', "", 0o701),
+            ("o/z", 'f', "z\n", 0o644),
+        ]);
+        let upper = tar(&[
+            ("./", 'd', "", 0o700),
+            // whiteout first, then an implied directory of the same name
+            (".wh.d", 'f', "", 0o644),
+            ("d/new", 'f', "new\n", 0o644),
+            // implied directory first, then its whiteout
+            ("d2/y", 'f', "y\n", 0o644),
+            (".wh.d2", 'f', "", 0o644),
+            ("o/.wh..wh..opq", 'f', "", 0o644),
+            ("o/c", 'f', "c\n", 0o644),
+            (".wh.gone", 'f', "", 0o644),
+            ("link", 'h', "usr/bin/hello", 0o644),
+            ("sym", 'l', "usr/bin/hello", 0o777),
+            ("twin", 'f', "twin\n", 0o640),
+            ("twin2", 'h', "twin", 0o640),
+            ("etc/conf", 'f', "new conf\n", 0o600),
+            ("x/.wh..wh.plnk", 'f', "", 0o644),
+        ]);
+        let from_tars = import_tars(&repo, &[&base, &upper]);
+        let refs: Vec<Checksum> = [&base, &upper]
+            .iter()
+            .map(|t| {
+                repo.resolve_ref(&layer_ref(&diff_id(t)).unwrap())
+                    .unwrap()
+                    .expect("layer recorded")
+            })
+            .collect();
+        let mut imp = Importer::new(&repo);
+        for c in &refs {
+            imp.apply_layer_commit(c).unwrap();
+        }
+        let replayed = imp.commit("t", Vec::new(), None).unwrap().content_checksum;
+        assert_eq!(replayed, from_tars);
+
+        // the upper layer over another base: tar vs replay
+        let from_tars = import_tars(&repo, &[&other_base, &upper]);
+        let mut imp = Importer::new(&repo);
+        imp.apply_layer(TAR, &mut &other_base[..]).unwrap();
+        imp.apply_layer_commit(&refs[1]).unwrap();
+        let replayed = imp.commit("t", Vec::new(), None).unwrap().content_checksum;
+        assert_eq!(replayed, from_tars);
+        assert_ne!(replayed, import_tars(&repo, &[&base, &upper]));
+
+        // a replayed layer keeps the tar's refusals: a hard link whose target a lower layer
+        // lacks
+        let lone = tar(&[("f", 'f', "f\n", 0o644)]);
+        let mut imp = Importer::new(&repo);
+        imp.apply_layer(TAR, &mut &lone[..]).unwrap();
+        let err = imp.apply_layer_commit(&refs[1]).unwrap_err();
+        assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
+
+        // a layer naming one path twice is imported but not recorded
+        let dup = tar(&[("a", 'f', "1\n", 0o644), ("a", 'f', "2\n", 0o644)]);
+        import_tars(&repo, &[&dup]);
+        assert!(repo
+            .resolve_ref(&layer_ref(&diff_id(&dup)).unwrap())
+            .unwrap()
+            .is_none());
+        // a wrong diff_id: imported, not recorded
+        let mut imp = Importer::new(&repo);
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        imp.apply_layer_recorded(TAR, &mut &lone[..], &wrong)
+            .unwrap();
+        imp.commit("t", Vec::new(), None).unwrap();
+        assert!(repo
+            .resolve_ref(&layer_ref(&wrong).unwrap())
+            .unwrap()
+            .is_none());
+    }
+
     #[test]
     fn boot_fallback_names() {
         let k = boot_fallback(
