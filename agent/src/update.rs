@@ -4,11 +4,15 @@
 //! 2. Same manifest digest as the current default deployment → nothing to do.
 //! 3. [`crate::verify::check_release`]: signed release statement, anti-rollback against the
 //!    booted (else default) deployment's release.
-//! 4. Import each layer ([`Importer::apply_layer`] on the verified blob stream), commit with the
-//!    metadata keys of api.md, check the signed content checksum, and set the ref
+//! 4. Import each layer ([`Importer::apply_layer_recorded`] on the verified blob stream, or
+//!    [`Importer::apply_layer_commit`] without any download for a layer whose diff_id an earlier
+//!    import recorded as `otter/layer/<diff_id hex>`; see [`import`]), commit with the
+//!    metadata keys of api.md plus `otter.image.diff-ids`, check the signed content checksum
+//!    (the same either way), and set the ref
 //!    `otter/image/<manifest sha256 hex>` — it protects the commit from pruning until it is
 //!    deployed, and lets `upgrade --download-only` + a later `upgrade` skip the import.
-//!    Cleanup drops image refs whose commit is not deployed.
+//!    Cleanup drops image refs whose commit is not deployed, and layer refs no deployed commit's
+//!    `otter.image.diff-ids` names.
 //! 5. [`Sysroot::deploy`] with the `before_switch` hook (boot counter), then cleanup.
 //!
 //! Downloaded blobs live in `STATEROOT/var/lib/otter/blobs` of the sysroot (that is

@@ -25,6 +25,17 @@
 //!   entries winning); the contents of `/dev /proc /sys /run /tmp` are dropped (the directories
 //!   stay); `/var` is kept as is (the seed of a first deployment's `/var`).
 //!
+//! Recorded layers ([`Importer::apply_layer_recorded`]): after the import's commit, each layer
+//! whose uncompressed tar matches its diff_id is also written as a small commit under
+//! [`layer_ref`] (`otter/layer/<diff_id hex>`, format [`LAYER_FORMAT_VERSION`]): its tree as the
+//! tar had it (whiteouts as empty regular files, hard links as their content object, implied
+//! directories `0755 0:0`; content objects shared with the image) and its entries in tar order
+//! (`otter.layer.ops`: a kind letter `r d f l h w o` + path; `otter.layer.link-targets`).
+//! [`Importer::apply_layer_commit`] replays those entries through the same code as the tar, so
+//! whiteouts, opaque directories, hard links (resolved against the lower layers at replay time)
+//! and refusals behave exactly alike and the merged tree is identical. A layer naming a path
+//! twice is not recorded.
+//!
 //! A failed import changes no ref: its staged objects are deleted when the importer is dropped.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
