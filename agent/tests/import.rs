@@ -627,3 +627,81 @@ fn large_file_is_streamed_not_buffered() {
     let obj = repo.open_file(&tree.files[0].1).unwrap();
     assert_eq!(obj.size, SIZE);
 }
+
+/// `umoci insert` (0.4) ends its layer right after the last file's data: no block padding, no
+/// end-of-archive blocks (GNU tar calls that an unexpected EOF). Every byte of every entry is
+/// there, so otter imports it; a layer cut inside a file's data is still refused.
+#[test]
+fn umoci_insert_layer_without_end_blocks_is_imported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let l = layout.to_str().unwrap();
+    let img = format!("{l}:t");
+    let src = tmp.path().join("src");
+    write(&src, "bin/tool", b"#!/bin/sh\necho six\n", 0o755);
+    write(&src, "bin/odd", b"odd-size", 0o644);
+    umoci(&["init", "--layout", l]);
+    umoci(&["new", "--image", &img]);
+    umoci(&[
+        "insert",
+        "--image",
+        &img,
+        src.join("bin").to_str().unwrap(),
+        "/usr/bin",
+    ]);
+    let blobs = layer_blobs(&layout, "t");
+    assert_eq!(blobs.len(), 1);
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(fs::File::open(&blobs[0]).unwrap())
+        .read_to_end(&mut tar)
+        .unwrap();
+    assert_ne!(
+        tar.len() % 512,
+        0,
+        "umoci insert now pads its layers; the test lost its point"
+    );
+
+    let repo_path = tmp.path().join("repo");
+    let repo = Repo::init(&repo_path, RepoMode::BareUser).unwrap();
+    let imported = import_layout(&repo, &layout, "t").unwrap();
+    repo.set_ref("otter/test", Some(&imported.commit)).unwrap();
+    fsck(&repo_path);
+    let cat = ostree(&repo_path, &["cat", "otter/test", "/usr/bin/odd"]);
+    assert_eq!(cat, "odd-size");
+    let cat = ostree(&repo_path, &["cat", "otter/test", "/usr/bin/tool"]);
+    assert_eq!(cat, "#!/bin/sh\necho six\n");
+
+    // The same stream cut 3 bytes into the last file's data: refused, repo unchanged.
+    let before = ostree(&repo_path, &["refs"]);
+    let cut = &tar[..tar.len() - 5];
+    let mut imp = Importer::new(&repo);
+    let err = imp.apply_layer(TAR, &mut &cut[..]).unwrap_err();
+    assert!(format!("{err:#}").contains("truncated"), "{err:#}");
+    drop(imp);
+    assert_eq!(ostree(&repo_path, &["refs"]), before);
+}
+
+/// Paths of the layer blobs of `layout:tag`, in order.
+fn layer_blobs(layout: &Path, tag: &str) -> Vec<PathBuf> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let desc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap();
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.strip_prefix("sha256:").unwrap())
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(desc["digest"].as_str().unwrap())).unwrap()).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| blob(l["digest"].as_str().unwrap()))
+        .collect()
+}

@@ -52,6 +52,7 @@
 //!
 //! A failed import changes no ref: its staged objects are deleted when the importer is dropped.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
@@ -473,11 +474,38 @@ impl<'r> Importer<'r> {
             },
             hasher,
         };
+        let delivered = Cell::new(0u64);
+        let at_eof = Cell::new(false);
+        let decoder = CountingReader {
+            inner: decoder,
+            delivered: &delivered,
+            at_eof: &at_eof,
+        };
         let mut archive = tar::Archive::new(decoder);
         let entries = archive.entries().context("reading the layer tar")?;
+        // Where the data of the last entry ends in the uncompressed stream.
+        let mut data_end = None;
         for entry in entries {
-            let mut entry =
-                entry.context("reading the next tar entry (truncated or corrupt layer?)")?;
+            let mut entry = match entry {
+                Ok(e) => e,
+                // Some writers (umoci 0.4 `insert`: Go's tar writer never closed) stop right after
+                // the last file's data, without its block padding and the end-of-archive blocks.
+                // Nothing is missing then (every byte of every entry arrived, and the blob digest
+                // pins the stream), so that is the end of the layer, not a truncation.
+                Err(e) if at_eof.get() && data_end == Some(delivered.get()) => {
+                    log::debug!("layer ends without tar padding/end-of-archive blocks ({e})");
+                    break;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context("reading the next tar entry (truncated or corrupt layer?)"))
+                }
+            };
+            data_end = entry
+                .header()
+                .entry_size()
+                .ok()
+                .map(|size| entry.raw_file_position().saturating_add(size));
             self.entries += 1;
             if self.entries > self.limits.max_entries {
                 bail!(
@@ -838,6 +866,24 @@ fn hex_of(b: &[u8]) -> String {
 }
 
 /// Hashes what is read through it (the uncompressed layer tar, for its diff_id).
+/// Counts the bytes passed through and notes when the inner reader hit its end.
+struct CountingReader<'c, R> {
+    inner: R,
+    delivered: &'c Cell<u64>,
+    at_eof: &'c Cell<bool>,
+}
+
+impl<R: Read> Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.at_eof.set(true);
+        }
+        self.delivered.set(self.delivered.get() + n as u64);
+        Ok(n)
+    }
+}
+
 struct HashingReader<'h, R> {
     inner: R,
     hasher: Option<&'h mut sha2::Sha256>,
