@@ -612,7 +612,7 @@ fn run(g: &Global, cmd: Command) -> Result<i32> {
             let res = update::update(sysroot, None, mode, &opts, &mut hook);
             let code = finish(sysroot, "upgrade", "tracked image", res, check)?;
             if apply && code == EXIT_OK {
-                reboot(sysroot)?;
+                reboot(sysroot, &opts.config.boot.reboot_command)?;
             }
             Ok(code)
         }
@@ -919,8 +919,9 @@ fn read_password(path: &Path) -> Result<String> {
     Ok(text.lines().next().unwrap_or("").to_owned())
 }
 
-/// Reboot the running system (`systemctl reboot`); with another `--sysroot` only say so.
-pub fn reboot(sysroot: &Path) -> Result<()> {
+/// Reboot the running system with `[boot] reboot-command` (run by `/bin/sh -c`, default
+/// `systemctl reboot`); with another `--sysroot` only say so.
+pub fn reboot(sysroot: &Path, command: &str) -> Result<()> {
     if sysroot != Path::new("/") {
         println!(
             "Not rebooting: --sysroot is {}, not the running system.",
@@ -929,12 +930,16 @@ pub fn reboot(sysroot: &Path) -> Result<()> {
         return Ok(());
     }
     let _ = std::io::stdout().flush();
-    let status = std::process::Command::new("systemctl")
-        .arg("reboot")
+    let status = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
         .status()
-        .context("running `systemctl reboot`")?;
+        .with_context(|| {
+            format!("running the reboot command {command:?} ([boot] reboot-command)")
+        })?;
     if !status.success() {
-        bail!("`systemctl reboot` failed: {status}");
+        bail!("the reboot command {command:?} ([boot] reboot-command) failed: {status}");
     }
     Ok(())
 }
@@ -945,6 +950,21 @@ mod tests {
 
     fn p(s: &str) -> Result<(Global, Command)> {
         parse(&s.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+    }
+
+    /// `upgrade --apply` and the fleet's reboot run `[boot] reboot-command`, not a fixed
+    /// `systemctl reboot`; a failing command is an error that names it.
+    #[test]
+    fn reboot_runs_the_configured_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("rebooted");
+        reboot(Path::new("/"), &format!("echo now > {}", marker.display())).unwrap();
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "now\n");
+        let err = reboot(Path::new("/"), "exit 3").unwrap_err();
+        assert!(format!("{err:#}").contains("reboot-command"), "{err:#}");
+        // another sysroot: never runs it
+        reboot(dir.path(), &format!("rm {}", marker.display())).unwrap();
+        assert!(marker.exists());
     }
 
     #[test]

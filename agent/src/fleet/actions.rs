@@ -247,7 +247,7 @@ impl FleetActions for UpdateActions {
                 self.sysroot.display()
             );
         }
-        crate::cli::reboot(&self.sysroot)
+        crate::cli::reboot(&self.sysroot, &self.opts.config.boot.reboot_command)
     }
 
     fn status(&mut self) -> Result<Value> {
