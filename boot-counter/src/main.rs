@@ -6,20 +6,22 @@ use std::process::ExitCode;
 
 use otter_boot::config::{BootConfig, DEFAULT_CONFIG};
 use otter_boot::health::{self, CheckOptions, GreenbootConf};
-use otter_boot::{backend_from_spec, Backend, DEFAULT_TRIES};
+use otter_boot::{backend_from_spec_in_root, Backend, DEFAULT_TRIES};
 
-const USAGE: &str = "usage: otter-boot [--backend KIND:PATH] [--config FILE] COMMAND
+const USAGE: &str = "usage: otter-boot [--root DIR] [--backend KIND:PATH] [--config FILE] COMMAND
 commands:
   arm [--tries N]                 count the next N boots as trial boots (default: [boot] tries,
                                   else GREENBOOT_MAX_BOOT_ATTEMPTS, else 3)
   mark-good                       the current boot is healthy: stop counting
   mark-bad                        the current boot is bad: the next boot falls back
   status [--json]                 show the boot counter
-  check [--root DIR] [--no-reboot]
-                                  run greenboot-style health checks and act on the verdict
-  detect-fallback [--root DIR]    after a bootloader fallback: roll back and record it
+  check [--no-reboot]             run greenboot-style health checks and act on the verdict
+  detect-fallback                 after a bootloader fallback: roll back and record it
   grub-snippet                    print the GRUB counting snippet
-backends: grubenv:PATH  uboot:FW_ENV_CONFIG  bls:ENTRIES_DIR  (or [boot] backend in /etc/otter/otter.conf)";
+backends: grubenv:PATH  uboot:FW_ENV_CONFIG  bls:ENTRIES_DIR  (or [boot] backend in /etc/otter/otter.conf)
+--root DIR: act on the system mounted at DIR (default /): its /etc/otter/otter.conf, health
+checks and state files, and the backend paths of that config, are taken inside DIR; paths given
+with --backend or in a --config file are used as given";
 
 struct Args {
     backend: Option<String>,
@@ -94,13 +96,18 @@ fn load_config(a: &Args) -> Result<BootConfig, Fail> {
     BootConfig::load(&path, required).map_err(|e| Fail::Usage(e.to_string()))
 }
 
+/// The backend named by `--backend` (paths as given), else by the config. A config read from
+/// the root (no `--config`) describes that system, so its paths are taken inside `--root`.
 fn open_backend(a: &Args, cfg: &BootConfig) -> Result<Option<Box<dyn Backend>>, Fail> {
-    match a.backend.as_ref().or(cfg.backend.as_ref()) {
-        Some(spec) => backend_from_spec(spec)
-            .map(Some)
-            .map_err(|e| Fail::Usage(e.to_string())),
-        None => Ok(None),
-    }
+    let (spec, root) = match (&a.backend, &cfg.backend) {
+        (Some(spec), _) => (spec, Path::new("/")),
+        (None, Some(spec)) if a.config.is_none() => (spec, a.root.as_path()),
+        (None, Some(spec)) => (spec, Path::new("/")),
+        (None, None) => return Ok(None),
+    };
+    backend_from_spec_in_root(spec, root)
+        .map(Some)
+        .map_err(|e| Fail::Usage(e.to_string()))
 }
 
 fn need(b: Option<Box<dyn Backend>>) -> Result<Box<dyn Backend>, Fail> {
