@@ -35,7 +35,7 @@ use crate::import::{layer_ref, Importer, IMPORT_RULES_VERSION};
 use crate::ostree::{Checksum, MetaValue, ObjectKind, Repo};
 use crate::progress::{Event, NoProgress, Progress};
 use crate::source::{self, ImageRef, ImageSource, ResolvedImage, SourceOptions};
-use crate::verify::{self, ReleaseStatement, TrustPolicy};
+use crate::verify::{self, ReleaseStatement, TrustPolicy, VerificationError};
 
 /// How an update runs.
 #[derive(Clone)]
@@ -84,8 +84,13 @@ pub enum Mode {
 /// What happened.
 #[derive(Clone, Debug)]
 pub enum Outcome {
-    /// The default deployment already runs this manifest.
-    NoUpdate { digest: String },
+    /// The default deployment already runs this manifest (`older`: None), or the tracked image
+    /// is an older release than the running one (`older`: why; e.g. a newer release came from
+    /// removable media) and downgrades are not allowed.
+    NoUpdate {
+        digest: String,
+        older: Option<String>,
+    },
     /// `Mode::Check` found a different manifest.
     Available {
         digest: String,
@@ -205,6 +210,7 @@ pub fn update(
 ) -> Result<Outcome> {
     let mut s = Sysroot::load_locked(sysroot)?;
     let (stateroot, tracked) = tracked(&s, &opts.config)?;
+    let explicit = image.is_some();
     let image = match (image, tracked) {
         (Some(i), _) => i.clone(),
         (None, Some(t)) => t
@@ -215,7 +221,7 @@ pub fn update(
              not set; use `otter switch IMAGE`"
         ),
     };
-    run(
+    let res = run(
         &mut s,
         &stateroot,
         &image,
@@ -224,7 +230,29 @@ pub fn update(
         mode,
         opts,
         before_switch,
-    )
+    );
+    // The tracked image going back to an older release (the device got a newer one from a USB
+    // stick, or the tag was moved back) is not an update, and not an attack worth an alarm on
+    // every timer round: no update. `switch IMAGE` to an older release still fails.
+    match res {
+        Err(e) if !explicit => match e.downcast_ref::<VerificationError>() {
+            Some(v @ VerificationError::Downgrade { .. }) => {
+                let older = format!("{image}: {v}");
+                log::info!("no update: {older}");
+                let running = s
+                    .deployments()
+                    .iter()
+                    .find(|d| d.stateroot == stateroot)
+                    .and_then(|d| commit_digest(s.repo(), &d.checksum));
+                Ok(Outcome::NoUpdate {
+                    digest: running.unwrap_or_default(),
+                    older: Some(older),
+                })
+            }
+            _ => Err(e),
+        },
+        other => other,
+    }
 }
 
 /// `otter import PATH`: an offline update from an OCI layout directory or oci-archive (e.g. on
@@ -296,11 +324,24 @@ fn run(
         .and_then(|d| d.image())
         .is_some_and(|i| i == origin_image);
     if kargs.is_none() && default_digest.as_deref() == Some(digest.as_str()) && same_image {
-        return Ok(Outcome::NoUpdate { digest });
+        return Ok(Outcome::NoUpdate {
+            digest,
+            older: None,
+        });
     }
     let base = current
         .as_ref()
         .and_then(|d| DeltaBase::of(s.repo(), &d.checksum));
+    // Verify (signature, statement, anti-rollback) before anything else, also for a check:
+    // an update that would be refused is not an available update.
+    let policy = opts.trust_policy();
+    let booted_release = current
+        .as_ref()
+        .and_then(|d| s.repo().read_commit(&d.checksum).ok())
+        .and_then(|c| verify::release_of_commit(&c));
+    let stmt = verify::check_release(src.as_mut(), &resolved, &policy, booted_release.as_ref())
+        .with_context(|| format!("verifying {image} ({digest})"))?;
+
     if mode == Mode::Check {
         let plan = fetch_plan(src.as_mut(), &resolved, base.as_ref(), Some(s.repo()));
         progress.event(&Event::Plan {
@@ -313,15 +354,6 @@ fn run(
             plan,
         });
     }
-
-    // Verify (signature, statement, anti-rollback).
-    let policy = opts.trust_policy();
-    let booted_release = current
-        .as_ref()
-        .and_then(|d| s.repo().read_commit(&d.checksum).ok())
-        .and_then(|c| verify::release_of_commit(&c));
-    let stmt = verify::check_release(src.as_mut(), &resolved, &policy, booted_release.as_ref())
-        .with_context(|| format!("verifying {image} ({digest})"))?;
 
     let image_ref = format!("{IMAGE_REF_PREFIX}{hex}");
     let commit = match s.repo().resolve_ref(&image_ref)? {

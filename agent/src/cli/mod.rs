@@ -694,7 +694,13 @@ fn finish(sysroot: &Path, op: &str, image: &str, res: Result<Outcome>, check: bo
         record(sysroot, op, image, &res.as_ref().map(Clone::clone));
     }
     match res? {
-        Outcome::NoUpdate { digest } => {
+        Outcome::NoUpdate {
+            older: Some(why), ..
+        } => {
+            println!("No update: the tracked image is not newer than the running system ({why}).");
+            Ok(if check { EXIT_NO_UPDATE } else { EXIT_OK })
+        }
+        Outcome::NoUpdate { digest, .. } => {
             println!("No update: the default deployment already runs {digest}.");
             Ok(if check { EXIT_NO_UPDATE } else { EXIT_OK })
         }
@@ -744,7 +750,9 @@ pub fn record(sysroot: &Path, op: &str, image: &str, res: &Result<Outcome, &anyh
     let v = match res {
         Ok(o) => {
             let (result, message) = match o {
-                Outcome::NoUpdate { digest } => ("no-update", digest.clone()),
+                Outcome::NoUpdate { digest, older } => {
+                    ("no-update", older.clone().unwrap_or_else(|| digest.clone()))
+                }
                 Outcome::Available { digest, .. } => ("available", digest.clone()),
                 Outcome::Downloaded { digest, .. } => ("downloaded", digest.clone()),
                 Outcome::Deployed(d) => ("deployed", format!("{} {}", d.stateroot, d.name())),
