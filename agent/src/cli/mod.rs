@@ -42,6 +42,8 @@ commands:
   daemon [--once] [--mqtt URL] [--device-id ID] [--group NAME]
                         timer policy ([policy]) and MQTT fleet commands ([mqtt]);
                         --once: one timer round, no MQTT (for a systemd timer)
+  boot ARGS             the boot counter, as `otter-boot ARGS` (arm, mark-good, mark-bad,
+                        status [--json], check, detect-fallback); --sysroot is its --root
 
 IMAGE: docker://HOST/REPO:TAG (or HOST/REPO:TAG), oci:DIR[:TAG], oci-archive:FILE[:TAG]
 
@@ -157,6 +159,10 @@ pub enum Command {
         device_id: Option<String>,
         group: Option<String>,
     },
+    /// `otter boot ARGS…`: the `otter-boot` command line.
+    Boot {
+        args: Vec<String>,
+    },
     Help,
 }
 
@@ -177,6 +183,10 @@ pub fn parse(args: &[String]) -> Result<(Global, Command)> {
         if only_positional || !arg.starts_with('-') || arg == "-" {
             if cmd.is_none() {
                 cmd = Some(arg.clone());
+                if arg == "boot" {
+                    // `otter boot …` is `otter-boot …`: its options are its own.
+                    positional.extend(it.by_ref().cloned());
+                }
             } else {
                 positional.push(arg.clone());
             }
@@ -316,6 +326,9 @@ pub fn parse(args: &[String]) -> Result<(Global, Command)> {
         Ok(())
     };
     let c = match cmd.as_str() {
+        "boot" => Command::Boot {
+            args: std::mem::take(&mut positional),
+        },
         "install" => {
             if !sysroot_given {
                 return Err(usage("`otter install` needs --sysroot DIR"));
@@ -472,6 +485,20 @@ fn run(g: &Global, cmd: Command) -> Result<i32> {
         print!("{USAGE}");
         return Ok(EXIT_OK);
     }
+    if let Command::Boot { args } = cmd {
+        // otter's --config and --sysroot become otter-boot's --config and --root, with otter's
+        // rule that the config's paths are the sysroot's.
+        let preset = otter_boot::cli::Preset {
+            root: Some(g.sysroot.clone()),
+            config: g.config.clone(),
+            config_paths_in_root: true,
+        };
+        return Ok(i32::from(otter_boot::cli::main_with(
+            args.into_iter(),
+            "otter boot",
+            preset,
+        )));
+    }
     let config = load_config(g)?;
     if g.no_signature_verification
         && matches!(
@@ -504,7 +531,7 @@ fn run(g: &Global, cmd: Command) -> Result<i32> {
     let mut hook = |sw: &Switch<'_>| update::before_switch(&config, sysroot, sw);
     let out = std::io::stdout();
     match cmd {
-        Command::Help => Ok(EXIT_OK),
+        Command::Help | Command::Boot { .. } => Ok(EXIT_OK),
         Command::Status { json } => {
             let st = crate::status::gather_with_boot(sysroot, &config)?;
             let mut o = out.lock();
