@@ -81,6 +81,16 @@ fn publish(args: &[&str]) -> String {
     ok(&Command::new(PUBLISH).args(args).output().unwrap())
 }
 
+/// A release key pair in `work` (`release.key`, `release.pub`) and a trusted-keys dir holding
+/// its public key; returns (secret key, keys dir).
+fn release_key(work: &Path) -> (PathBuf, PathBuf) {
+    publish(&["keygen", "--out", work.join("release").to_str().unwrap()]);
+    let keys = work.join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    fs::copy(work.join("release.pub"), keys.join("release.pub")).unwrap();
+    (work.join("release.key"), keys)
+}
+
 fn deployments(sr: &Path) -> Vec<(String, String)> {
     if !sr.join("ostree/deploy").exists() {
         return Vec::new();
@@ -98,12 +108,7 @@ fn cli_install_and_switch_require_valid_signatures() {
     let sr = t.path().join("sysroot");
     let v1 = format!("oci:{}:v1", layout.display());
     let v2 = format!("oci:{}:v2", layout.display());
-    let prefix = t.path().join("release");
-    let sk = t.path().join("release.key");
-    publish(&["keygen", "--out", prefix.to_str().unwrap()]);
-    let keys = t.path().join("keys");
-    fs::create_dir_all(&keys).unwrap();
-    fs::copy(t.path().join("release.pub"), keys.join("release.pub")).unwrap();
+    let (sk, keys) = release_key(t.path());
 
     // unsigned: refused, nothing deployed
     let o = otter(&sr, &keys, &["install", &v1]);
@@ -177,12 +182,7 @@ fn upgrade_after_a_newer_offline_import_is_no_update() {
     let layout = build_images(t.path());
     let sr = t.path().join("sysroot");
     let v1 = format!("oci:{}:v1", layout.display());
-    let prefix = t.path().join("release");
-    let sk = t.path().join("release.key");
-    publish(&["keygen", "--out", prefix.to_str().unwrap()]);
-    let keys = t.path().join("keys");
-    fs::create_dir_all(&keys).unwrap();
-    fs::copy(t.path().join("release.pub"), keys.join("release.pub")).unwrap();
+    let (sk, keys) = release_key(t.path());
     publish(&["sign", "--key", sk.to_str().unwrap(), &v1]);
     ok(&otter(&sr, &keys, &["install", &v1]));
 
