@@ -8,6 +8,11 @@
 //!   complete new one;
 //! * rerunning the operation completes.
 //!
+//! Operations: import+commit, `otter install`, `otter switch`, `otter rollback`, a delta apply
+//! (A → B from a delta artifact in an OCI layout: the rerun must give B's exact tree and skip the
+//! parts already complete), a journaled blob download from a loopback `docker-registry` (the
+//! rerun must fetch exactly the bytes not yet journaled) and the boot-count environment writes.
+//!
 //! Every operation is first run once with `OTTER_CRASH_LOG` to count its crash points; the points
 //! tried are spread evenly over them (all of them when there are fewer than the budget). The same
 //! mechanism injects EIO (`OTTER_CRASH_AT=N:eio`): the operation must fail with the error, and
