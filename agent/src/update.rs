@@ -4,11 +4,15 @@
 //! 2. Same manifest digest as the current default deployment → nothing to do.
 //! 3. [`crate::verify::check_release`]: signed release statement, anti-rollback against the
 //!    booted (else default) deployment's release.
-//! 4. Import each layer ([`Importer::apply_layer`] on the verified blob stream), commit with the
-//!    metadata keys of api.md, check the signed content checksum, and set the ref
+//! 4. Import each layer ([`Importer::apply_layer_recorded`] on the verified blob stream, or
+//!    [`Importer::apply_layer_commit`] without any download for a layer whose diff_id an earlier
+//!    import recorded as `otter/layer/<diff_id hex>`; see [`import`]), commit with the
+//!    metadata keys of api.md plus `otter.image.diff-ids`, check the signed content checksum
+//!    (the same either way), and set the ref
 //!    `otter/image/<manifest sha256 hex>` — it protects the commit from pruning until it is
 //!    deployed, and lets `upgrade --download-only` + a later `upgrade` skip the import.
-//!    Cleanup drops image refs whose commit is not deployed.
+//!    Cleanup drops image refs whose commit is not deployed, and layer refs no deployed commit's
+//!    `otter.image.diff-ids` names.
 //! 5. [`Sysroot::deploy`] with the `before_switch` hook (boot counter), then cleanup.
 //!
 //! Downloaded blobs live in `STATEROOT/var/lib/otter/blobs` of the sysroot (that is
@@ -24,13 +28,14 @@ use anyhow::{bail, Context, Result};
 use crate::config::Config;
 use crate::delta;
 use crate::deploy::{
-    BeforeSwitch, DeployOptions, Deployment, Origin, Switch, Sysroot, IMAGE_REF_PREFIX,
+    BeforeSwitch, DeployOptions, Deployment, Origin, Switch, Sysroot, DIFF_IDS_KEY,
+    IMAGE_REF_PREFIX,
 };
-use crate::import::{Importer, IMPORT_RULES_VERSION};
-use crate::ostree::{Checksum, MetaValue, Repo};
+use crate::import::{layer_ref, Importer, IMPORT_RULES_VERSION};
+use crate::ostree::{Checksum, MetaValue, ObjectKind, Repo};
 use crate::progress::{Event, NoProgress, Progress};
 use crate::source::{self, ImageRef, ImageSource, ResolvedImage, SourceOptions};
-use crate::verify::{self, ReleaseStatement, TrustPolicy};
+use crate::verify::{self, ReleaseStatement, TrustPolicy, VerificationError};
 
 /// How an update runs.
 #[derive(Clone)]
@@ -79,8 +84,13 @@ pub enum Mode {
 /// What happened.
 #[derive(Clone, Debug)]
 pub enum Outcome {
-    /// The default deployment already runs this manifest.
-    NoUpdate { digest: String },
+    /// The default deployment already runs this manifest (`older`: None), or the tracked image
+    /// is an older release than the running one (`older`: why; e.g. a newer release came from
+    /// removable media) and downgrades are not allowed.
+    NoUpdate {
+        digest: String,
+        older: Option<String>,
+    },
     /// `Mode::Check` found a different manifest.
     Available {
         digest: String,
@@ -200,6 +210,7 @@ pub fn update(
 ) -> Result<Outcome> {
     let mut s = Sysroot::load_locked(sysroot)?;
     let (stateroot, tracked) = tracked(&s, &opts.config)?;
+    let explicit = image.is_some();
     let image = match (image, tracked) {
         (Some(i), _) => i.clone(),
         (None, Some(t)) => t
@@ -210,7 +221,7 @@ pub fn update(
              not set; use `otter switch IMAGE`"
         ),
     };
-    run(
+    let res = run(
         &mut s,
         &stateroot,
         &image,
@@ -219,7 +230,29 @@ pub fn update(
         mode,
         opts,
         before_switch,
-    )
+    );
+    // The tracked image going back to an older release (the device got a newer one from a USB
+    // stick, or the tag was moved back) is not an update, and not an attack worth an alarm on
+    // every timer round: no update. `switch IMAGE` to an older release still fails.
+    match res {
+        Err(e) if !explicit => match e.downcast_ref::<VerificationError>() {
+            Some(v @ VerificationError::Downgrade { .. }) => {
+                let older = format!("{image}: {v}");
+                log::info!("no update: {older}");
+                let running = s
+                    .deployments()
+                    .iter()
+                    .find(|d| d.stateroot == stateroot)
+                    .and_then(|d| commit_digest(s.repo(), &d.checksum));
+                Ok(Outcome::NoUpdate {
+                    digest: running.unwrap_or_default(),
+                    older: Some(older),
+                })
+            }
+            _ => Err(e),
+        },
+        other => other,
+    }
 }
 
 /// `otter import PATH`: an offline update from an OCI layout directory or oci-archive (e.g. on
@@ -291,13 +324,26 @@ fn run(
         .and_then(|d| d.image())
         .is_some_and(|i| i == origin_image);
     if kargs.is_none() && default_digest.as_deref() == Some(digest.as_str()) && same_image {
-        return Ok(Outcome::NoUpdate { digest });
+        return Ok(Outcome::NoUpdate {
+            digest,
+            older: None,
+        });
     }
     let base = current
         .as_ref()
         .and_then(|d| DeltaBase::of(s.repo(), &d.checksum));
+    // Verify (signature, statement, anti-rollback) before anything else, also for a check:
+    // an update that would be refused is not an available update.
+    let policy = opts.trust_policy();
+    let booted_release = current
+        .as_ref()
+        .and_then(|d| s.repo().read_commit(&d.checksum).ok())
+        .and_then(|c| verify::release_of_commit(&c));
+    let stmt = verify::check_release(src.as_mut(), &resolved, &policy, booted_release.as_ref())
+        .with_context(|| format!("verifying {image} ({digest})"))?;
+
     if mode == Mode::Check {
-        let plan = fetch_plan(src.as_mut(), &resolved, base.as_ref());
+        let plan = fetch_plan(src.as_mut(), &resolved, base.as_ref(), Some(s.repo()));
         progress.event(&Event::Plan {
             path: plan.path.to_owned(),
             bytes: plan.bytes,
@@ -308,15 +354,6 @@ fn run(
             plan,
         });
     }
-
-    // Verify (signature, statement, anti-rollback).
-    let policy = opts.trust_policy();
-    let booted_release = current
-        .as_ref()
-        .and_then(|d| s.repo().read_commit(&d.checksum).ok())
-        .and_then(|c| verify::release_of_commit(&c));
-    let stmt = verify::check_release(src.as_mut(), &resolved, &policy, booted_release.as_ref())
-        .with_context(|| format!("verifying {image} ({digest})"))?;
 
     let image_ref = format!("{IMAGE_REF_PREFIX}{hex}");
     let imported = s.repo().resolve_ref(&image_ref)?;
@@ -453,15 +490,28 @@ impl DeltaBase {
 }
 
 /// Whether a delta from `base` to `image` is published, and what it costs to download; else
-/// the layers. Errors looking for a delta mean "layers" (logged).
+/// the layers (without those `repo` has recorded, see [`recorded_layers`]). Errors looking for
+/// a delta mean "layers" (logged).
 pub fn fetch_plan(
     src: &mut dyn ImageSource,
     image: &ResolvedImage,
     base: Option<&DeltaBase>,
+    repo: Option<&Repo>,
 ) -> FetchPlan {
+    let recorded = match repo {
+        Some(r) => recorded_layers(r, image),
+        None => vec![None; image.manifest.layers.len()],
+    };
     let layers = FetchPlan {
         path: "layers",
-        bytes: image.manifest.layers.iter().map(|l| l.size).sum(),
+        bytes: image
+            .manifest
+            .layers
+            .iter()
+            .zip(&recorded)
+            .filter(|(_, r)| r.is_none())
+            .map(|(l, _)| l.size)
+            .sum(),
     };
     let Some(base) = base else {
         return layers;
@@ -633,6 +683,13 @@ fn commit_metadata(
             MetaValue::U64(IMPORT_RULES_VERSION),
         ),
     ];
+    if !image.config.diff_ids.is_empty() {
+        // Keeps the recorded layers (`otter/layer/…`) of deployed images; see cleanup.
+        meta.push((
+            DIFF_IDS_KEY.to_owned(),
+            MetaValue::StrArray(image.config.diff_ids.clone()),
+        ));
+    }
     if let Some(v) = image.config.version() {
         meta.push(("version".to_owned(), MetaValue::Str(v.to_owned())));
     }
@@ -642,7 +699,45 @@ fn commit_metadata(
     meta
 }
 
-/// Import all layers of `image` into one commit (no ref is set).
+/// For each layer of `image`: the commit of its `otter/layer/<diff_id>` ref when an earlier
+/// import recorded it (then it is applied from the repo, not downloaded).
+pub fn recorded_layers(repo: &Repo, image: &ResolvedImage) -> Vec<Option<Checksum>> {
+    let layers = &image.manifest.layers;
+    let diff_ids = &image.config.diff_ids;
+    if diff_ids.len() != layers.len() {
+        return vec![None; layers.len()];
+    }
+    diff_ids
+        .iter()
+        .map(|d| {
+            let name = layer_ref(d)?;
+            match repo.resolve_ref(&name) {
+                Ok(Some(c)) if repo.has_object(ObjectKind::Commit, &c) => Some(c),
+                Ok(_) => None,
+                Err(e) => {
+                    log::warn!("reading {name}: {e:#}; downloading the layer");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Why [`import_layers`] failed.
+enum ImportError {
+    /// Replaying the recorded layer `ref` failed: retry downloading everything.
+    Replay {
+        layer_ref: String,
+        err: anyhow::Error,
+    },
+    Other(anyhow::Error),
+}
+
+/// Import all layers of `image` into one commit (no ref is set). Layers an earlier import
+/// recorded (same diff_id) are applied from their `otter/layer/…` commit instead of being
+/// downloaded; the others are downloaded, applied and recorded. The tree is the same either way
+/// (the caller checks it against the signed content checksum). If replaying a recorded layer
+/// fails, its ref is dropped and everything is downloaded.
 pub fn import(
     repo: &Repo,
     src: &mut dyn ImageSource,
@@ -650,9 +745,48 @@ pub fn import(
     stmt: Option<&ReleaseStatement>,
     progress: &dyn Progress,
 ) -> Result<Checksum> {
+    let recorded = recorded_layers(repo, image);
+    match import_layers(repo, src, image, stmt, progress, &recorded) {
+        Ok(c) => Ok(c),
+        Err(ImportError::Other(e)) => Err(e),
+        Err(ImportError::Replay { layer_ref, err }) => {
+            log::warn!("{err:#}; dropping {layer_ref} and downloading all layers");
+            repo.set_ref(&layer_ref, None)?;
+            let none = vec![None; recorded.len()];
+            import_layers(repo, src, image, stmt, progress, &none).map_err(|e| match e {
+                ImportError::Other(e) | ImportError::Replay { err: e, .. } => e,
+            })
+        }
+    }
+}
+
+fn import_layers(
+    repo: &Repo,
+    src: &mut dyn ImageSource,
+    image: &ResolvedImage,
+    stmt: Option<&ReleaseStatement>,
+    progress: &dyn Progress,
+    recorded: &[Option<Checksum>],
+) -> std::result::Result<Checksum, ImportError> {
     let layers = &image.manifest.layers;
-    src.prefetch(layers)
-        .with_context(|| format!("downloading {}", image.reference))?;
+    let diff_ids = &image.config.diff_ids;
+    let to_fetch: Vec<_> = layers
+        .iter()
+        .zip(recorded)
+        .filter(|(_, r)| r.is_none())
+        .map(|(l, _)| l.clone())
+        .collect();
+    if to_fetch.len() < layers.len() {
+        log::info!(
+            "{}: {} of {} layers are already in the repository and are not downloaded",
+            image.reference,
+            layers.len() - to_fetch.len(),
+            layers.len()
+        );
+    }
+    src.prefetch(&to_fetch)
+        .with_context(|| format!("downloading {}", image.reference))
+        .map_err(ImportError::Other)?;
     let mut imp = Importer::new(repo);
     for (i, layer) in layers.iter().enumerate() {
         progress.event(&Event::Import {
@@ -660,29 +794,57 @@ pub fn import(
             index: i,
             count: layers.len(),
         });
+        let diff_id = diff_ids
+            .get(i)
+            .filter(|_| diff_ids.len() == layers.len())
+            .filter(|d| layer_ref(d).is_some());
+        if let (Some(c), Some(d)) = (recorded.get(i).copied().flatten(), diff_id) {
+            log::debug!(
+                "layer {i} ({}): applying the recorded layer {d}",
+                layer.digest
+            );
+            if let Err(err) = imp.apply_layer_commit(&c) {
+                return Err(ImportError::Replay {
+                    layer_ref: layer_ref(d).unwrap_or_default(),
+                    err: err.context(format!(
+                        "importing layer {i} ({}) from the repository",
+                        layer.digest
+                    )),
+                });
+            }
+            continue;
+        }
         let mut r = src
             .open_blob(layer)
-            .with_context(|| format!("opening layer {} ({})", i, layer.digest))?;
-        if let Err(e) = imp.apply_layer(&layer.media_type, &mut r) {
+            .with_context(|| format!("opening layer {} ({})", i, layer.digest))
+            .map_err(ImportError::Other)?;
+        let applied = match diff_id {
+            Some(d) => imp.apply_layer_recorded(&layer.media_type, &mut r, d),
+            None => imp.apply_layer(&layer.media_type, &mut r),
+        };
+        if let Err(e) = applied {
             // A corrupt blob usually breaks decompression or tar parsing before its digest can
             // be checked at the end: read the rest so a digest/size mismatch is reported as
             // what it is (a verification failure), not as a tar error.
             if let Err(v) = std::io::copy(&mut r, &mut std::io::sink()) {
                 let v = anyhow::Error::new(v);
                 if crate::fetch::error_class(&v).is_some() {
-                    return Err(v.context(format!(
+                    return Err(ImportError::Other(v.context(format!(
                         "layer {i} ({}) of {} does not match its digest",
                         layer.digest, image.reference
-                    )));
+                    ))));
                 }
             }
-            return Err(e).with_context(|| format!("importing layer {} ({})", i, layer.digest));
+            return Err(ImportError::Other(
+                e.context(format!("importing layer {} ({})", i, layer.digest)),
+            ));
         }
     }
     let meta = commit_metadata(image, stmt);
     let subject = format!("{} ({})", image.reference, image.manifest_digest);
     let imported = imp
         .commit(&subject, meta, None)
-        .with_context(|| format!("committing {}", image.reference))?;
+        .with_context(|| format!("committing {}", image.reference))
+        .map_err(ImportError::Other)?;
     Ok(imported.commit)
 }

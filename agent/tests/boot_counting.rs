@@ -213,6 +213,14 @@ fn grubenv_armed_on_upgrade_and_cleared_by_a_healthy_boot() {
     assert_eq!(st["boot"]["health"]["verdict"], "green", "{st:#}");
     let text = r.otter(&["status"]);
     assert!(text.contains("Last health check: green"), "{text}");
+
+    // `otter boot …` is otter-boot with otter's --sysroot/--config: same env file
+    r.otter(&["boot", "arm", "--tries", "1"]);
+    assert_eq!(grub_list(&genv), vec!["boot_counter=1", "boot_success=0"]);
+    let st = r.otter(&["boot", "status", "--json"]);
+    assert!(st.contains("\"tries_left\":1"), "{st}");
+    r.otter(&["boot", "mark-good"]);
+    assert_eq!(grub_list(&genv), vec!["boot_success=1"]);
 }
 
 #[test]

@@ -22,8 +22,15 @@ fn umoci(args: &[&str]) {
     run(Command::new("umoci").args(args));
 }
 
-/// Import every layer of `layout:tag` (an OCI image layout) into `repo`.
-fn import_layout(repo: &Repo, layout: &Path, tag: &str) -> Result<Imported, anyhow::Error> {
+/// The path of a blob in an OCI layout.
+fn blob(layout: &Path, digest: &str) -> PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.strip_prefix("sha256:").unwrap())
+}
+
+/// The manifest digest and manifest of `layout:tag`.
+fn manifest_of(layout: &Path, tag: &str) -> (String, serde_json::Value) {
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
     let desc = index["manifests"]
@@ -32,25 +39,36 @@ fn import_layout(repo: &Repo, layout: &Path, tag: &str) -> Result<Imported, anyh
         .iter()
         .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
         .unwrap_or_else(|| panic!("tag {tag} not in {}", layout.display()));
-    let blob = |digest: &str| {
-        layout
-            .join("blobs/sha256")
-            .join(digest.strip_prefix("sha256:").unwrap())
-    };
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(blob(desc["digest"].as_str().unwrap())).unwrap()).unwrap();
+    let digest = desc["digest"].as_str().unwrap().to_owned();
+    let manifest = serde_json::from_slice(&fs::read(blob(layout, &digest)).unwrap()).unwrap();
+    (digest, manifest)
+}
+
+/// (media type, blob path) of each layer of `layout:tag`, in order.
+fn layers_of(layout: &Path, tag: &str) -> Vec<(String, PathBuf)> {
+    let (_, manifest) = manifest_of(layout, tag);
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let media_type = l["mediaType"].as_str().unwrap().to_owned();
+            (media_type, blob(layout, l["digest"].as_str().unwrap()))
+        })
+        .collect()
+}
+
+/// Import every layer of `layout:tag` (an OCI image layout) into `repo`.
+fn import_layout(repo: &Repo, layout: &Path, tag: &str) -> Result<Imported, anyhow::Error> {
+    let (digest, _) = manifest_of(layout, tag);
     let mut imp = Importer::new(repo);
-    for l in manifest["layers"].as_array().unwrap() {
-        let mut f = fs::File::open(blob(l["digest"].as_str().unwrap())).unwrap();
-        imp.apply_layer(l["mediaType"].as_str().unwrap(), &mut f)?;
+    for (media_type, path) in layers_of(layout, tag) {
+        imp.apply_layer(&media_type, &mut fs::File::open(path).unwrap())?;
     }
     imp.commit(
         "import",
         vec![
-            (
-                "otter.image.digest".into(),
-                MetaValue::Str(desc["digest"].as_str().unwrap().into()),
-            ),
+            ("otter.image.digest".into(), MetaValue::Str(digest)),
             (
                 "otter.import-rules".into(),
                 MetaValue::U64(IMPORT_RULES_VERSION),
@@ -62,25 +80,10 @@ fn import_layout(repo: &Repo, layout: &Path, tag: &str) -> Result<Imported, anyh
 
 /// Like [`import_layout`] but every gzip layer is decompressed here and imported as plain tar.
 fn import_layout_plain(repo: &Repo, layout: &Path, tag: &str) -> Imported {
-    let index: serde_json::Value =
-        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let desc = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap();
-    let blob = |digest: &str| {
-        layout
-            .join("blobs/sha256")
-            .join(digest.strip_prefix("sha256:").unwrap())
-    };
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(blob(desc["digest"].as_str().unwrap())).unwrap()).unwrap();
     let mut imp = Importer::new(repo);
-    for l in manifest["layers"].as_array().unwrap() {
-        assert_eq!(l["mediaType"], TAR_GZ);
-        let f = fs::File::open(blob(l["digest"].as_str().unwrap())).unwrap();
+    for (media_type, path) in layers_of(layout, tag) {
+        assert_eq!(media_type, TAR_GZ);
+        let f = fs::File::open(path).unwrap();
         imp.apply_layer(TAR, &mut flate2::read::GzDecoder::new(f))
             .unwrap();
     }
@@ -88,29 +91,7 @@ fn import_layout_plain(repo: &Repo, layout: &Path, tag: &str) -> Imported {
 }
 
 fn layer_media_types(layout: &Path, tag: &str) -> Vec<String> {
-    let index: serde_json::Value =
-        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let desc = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap()
-        .clone();
-    let d = desc["digest"]
-        .as_str()
-        .unwrap()
-        .strip_prefix("sha256:")
-        .unwrap()
-        .to_string();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(d)).unwrap()).unwrap();
-    manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["mediaType"].as_str().unwrap().to_string())
-        .collect()
+    layers_of(layout, tag).into_iter().map(|(m, _)| m).collect()
 }
 
 fn write(root: &Path, p: &str, data: &[u8], mode: u32) {
@@ -626,4 +607,57 @@ fn large_file_is_streamed_not_buffered() {
         .unwrap();
     let obj = repo.open_file(&tree.files[0].1).unwrap();
     assert_eq!(obj.size, SIZE);
+}
+
+/// `umoci insert` (0.4) ends its layer right after the last file's data: no block padding, no
+/// end-of-archive blocks (GNU tar calls that an unexpected EOF). Every byte of every entry is
+/// there, so otter imports it; a layer cut inside a file's data is still refused.
+#[test]
+fn umoci_insert_layer_without_end_blocks_is_imported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let l = layout.to_str().unwrap();
+    let img = format!("{l}:t");
+    let src = tmp.path().join("src");
+    write(&src, "bin/tool", b"#!/bin/sh\necho six\n", 0o755);
+    write(&src, "bin/odd", b"odd-size", 0o644);
+    umoci(&["init", "--layout", l]);
+    umoci(&["new", "--image", &img]);
+    umoci(&[
+        "insert",
+        "--image",
+        &img,
+        src.join("bin").to_str().unwrap(),
+        "/usr/bin",
+    ]);
+    let layers = layers_of(&layout, "t");
+    assert_eq!(layers.len(), 1);
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(fs::File::open(&layers[0].1).unwrap())
+        .read_to_end(&mut tar)
+        .unwrap();
+    assert_ne!(
+        tar.len() % 512,
+        0,
+        "umoci insert now pads its layers; the test lost its point"
+    );
+
+    let repo_path = tmp.path().join("repo");
+    let repo = Repo::init(&repo_path, RepoMode::BareUser).unwrap();
+    let imported = import_layout(&repo, &layout, "t").unwrap();
+    repo.set_ref("otter/test", Some(&imported.commit)).unwrap();
+    fsck(&repo_path);
+    let cat = ostree(&repo_path, &["cat", "otter/test", "/usr/bin/odd"]);
+    assert_eq!(cat, "odd-size");
+    let cat = ostree(&repo_path, &["cat", "otter/test", "/usr/bin/tool"]);
+    assert_eq!(cat, "#!/bin/sh\necho six\n");
+
+    // The same stream cut 3 bytes into the last file's data: refused, repo unchanged.
+    let before = ostree(&repo_path, &["refs"]);
+    let cut = &tar[..tar.len() - 5];
+    let mut imp = Importer::new(&repo);
+    let err = imp.apply_layer(TAR, &mut &cut[..]).unwrap_err();
+    assert!(format!("{err:#}").contains("truncated"), "{err:#}");
+    drop(imp);
+    assert_eq!(ostree(&repo_path, &["refs"]), before);
 }

@@ -167,3 +167,53 @@ fn cli_install_and_switch_require_valid_signatures() {
     let csum = |d: &str| d.split('.').next().unwrap().to_owned();
     assert_eq!(csum(&deployments(&sr)[0].1), csum(&after_v1[0].1));
 }
+
+/// A newer release from removable media, then the tracked image (still the older release): the
+/// timer's `upgrade` is "no update" (exit 0, `--check` 77), not a verification failure on every
+/// round; `switch` to the older release is still refused.
+#[test]
+fn upgrade_after_a_newer_offline_import_is_no_update() {
+    let t = Tmpfs::new();
+    let layout = build_images(t.path());
+    let sr = t.path().join("sysroot");
+    let v1 = format!("oci:{}:v1", layout.display());
+    let prefix = t.path().join("release");
+    let sk = t.path().join("release.key");
+    publish(&["keygen", "--out", prefix.to_str().unwrap()]);
+    let keys = t.path().join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    fs::copy(t.path().join("release.pub"), keys.join("release.pub")).unwrap();
+    publish(&["sign", "--key", sk.to_str().unwrap(), &v1]);
+    ok(&otter(&sr, &keys, &["install", &v1]));
+
+    // the "USB stick": v2 alone in its own layout, signed there
+    let stick = t.path().join("stick");
+    run(Command::new("skopeo").args([
+        "copy",
+        &format!("oci:{}:v2", layout.display()),
+        &format!("oci:{}:v2", stick.display()),
+    ]));
+    publish(&[
+        "sign",
+        "--key",
+        sk.to_str().unwrap(),
+        &format!("oci:{}:v2", stick.display()),
+    ]);
+    ok(&otter(&sr, &keys, &["import", stick.to_str().unwrap()]));
+    let after_import = deployments(&sr);
+    assert_eq!(after_import.len(), 2);
+
+    let out = ok(&otter(&sr, &keys, &["upgrade"]));
+    assert!(out.contains("No update"), "{out}");
+    assert!(
+        out.contains("release 1") && out.contains("release 2"),
+        "{out}"
+    );
+    let o = otter(&sr, &keys, &["upgrade", "--check"]);
+    assert_eq!(o.status.code(), Some(77), "{o:?}");
+    assert_eq!(deployments(&sr), after_import);
+
+    let o = otter(&sr, &keys, &["switch", &v1]);
+    refused(&o, &["downgrade refused"]);
+    assert_eq!(deployments(&sr), after_import);
+}

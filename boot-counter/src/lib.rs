@@ -13,6 +13,7 @@
 //! All backends implement [`Backend`]; [`backend_from_spec`] builds one from `KIND:PATH`.
 
 pub mod bls;
+pub mod cli;
 pub mod config;
 #[doc(hidden)]
 pub mod crashpoint;

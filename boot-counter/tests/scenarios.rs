@@ -497,3 +497,25 @@ fn bls_bad_entry_is_rolled_back_once() {
     assert!(rig.check().status.success());
     assert_eq!(rig.rollbacks().len(), 2);
 }
+
+/// `--root` applies to everything the root's own config names: `arm` and `status` with the
+/// config at ROOT/etc/otter/otter.conf change ROOT/boot/grub2/grubenv (checked with the real
+/// grub-editenv), never the host's /boot.
+#[test]
+fn root_applies_to_the_backend_named_by_the_roots_config() {
+    require("grub-editenv", "grub-common");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    write_file(
+        &root.join("etc/otter/otter.conf"),
+        "[boot]\nbackend = \"grubenv:/boot/grub2/grubenv\"\ntries = 2\n",
+    );
+    std::fs::create_dir_all(root.join("boot/grub2")).unwrap();
+    let env = root.join("boot/grub2/grubenv");
+    run_ok(Command::new("grub-editenv").arg(&env).arg("create"));
+    run_ok(otter_boot().arg("--root").arg(&root).arg("arm"));
+    let listed = run_ok(Command::new("grub-editenv").arg(&env).arg("list"));
+    assert!(listed.contains("boot_counter=2"), "{listed}");
+    let st = run_ok(otter_boot().args(["status", "--json", "--root"]).arg(&root));
+    assert!(st.contains("\"tries_left\":2"), "{st}");
+}

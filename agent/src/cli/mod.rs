@@ -42,6 +42,8 @@ commands:
   daemon [--once] [--mqtt URL] [--device-id ID] [--group NAME]
                         timer policy ([policy]) and MQTT fleet commands ([mqtt]);
                         --once: one timer round, no MQTT (for a systemd timer)
+  boot ARGS             the boot counter, as `otter-boot ARGS` (arm, mark-good, mark-bad,
+                        status [--json], check, detect-fallback); --sysroot is its --root
 
 IMAGE: docker://HOST/REPO:TAG (or HOST/REPO:TAG), oci:DIR[:TAG], oci-archive:FILE[:TAG]
 
@@ -157,6 +159,10 @@ pub enum Command {
         device_id: Option<String>,
         group: Option<String>,
     },
+    /// `otter boot ARGS…`: the `otter-boot` command line.
+    Boot {
+        args: Vec<String>,
+    },
     Help,
 }
 
@@ -177,6 +183,10 @@ pub fn parse(args: &[String]) -> Result<(Global, Command)> {
         if only_positional || !arg.starts_with('-') || arg == "-" {
             if cmd.is_none() {
                 cmd = Some(arg.clone());
+                if arg == "boot" {
+                    // `otter boot …` is `otter-boot …`: its options are its own.
+                    positional.extend(it.by_ref().cloned());
+                }
             } else {
                 positional.push(arg.clone());
             }
@@ -316,6 +326,9 @@ pub fn parse(args: &[String]) -> Result<(Global, Command)> {
         Ok(())
     };
     let c = match cmd.as_str() {
+        "boot" => Command::Boot {
+            args: std::mem::take(&mut positional),
+        },
         "install" => {
             if !sysroot_given {
                 return Err(usage("`otter install` needs --sysroot DIR"));
@@ -472,6 +485,20 @@ fn run(g: &Global, cmd: Command) -> Result<i32> {
         print!("{USAGE}");
         return Ok(EXIT_OK);
     }
+    if let Command::Boot { args } = cmd {
+        // otter's --config and --sysroot become otter-boot's --config and --root, with otter's
+        // rule that the config's paths are the sysroot's.
+        let preset = otter_boot::cli::Preset {
+            root: Some(g.sysroot.clone()),
+            config: g.config.clone(),
+            config_paths_in_root: true,
+        };
+        return Ok(i32::from(otter_boot::cli::main_with(
+            args.into_iter(),
+            "otter boot",
+            preset,
+        )));
+    }
     let config = load_config(g)?;
     if g.no_signature_verification
         && matches!(
@@ -504,7 +531,7 @@ fn run(g: &Global, cmd: Command) -> Result<i32> {
     let mut hook = |sw: &Switch<'_>| update::before_switch(&config, sysroot, sw);
     let out = std::io::stdout();
     match cmd {
-        Command::Help => Ok(EXIT_OK),
+        Command::Help | Command::Boot { .. } => Ok(EXIT_OK),
         Command::Status { json } => {
             let st = crate::status::gather_with_boot(sysroot, &config)?;
             let mut o = out.lock();
@@ -612,7 +639,7 @@ fn run(g: &Global, cmd: Command) -> Result<i32> {
             let res = update::update(sysroot, None, mode, &opts, &mut hook);
             let code = finish(sysroot, "upgrade", "tracked image", res, check)?;
             if apply && code == EXIT_OK {
-                reboot(sysroot)?;
+                reboot(sysroot, &opts.config.boot.reboot_command)?;
             }
             Ok(code)
         }
@@ -694,7 +721,13 @@ fn finish(sysroot: &Path, op: &str, image: &str, res: Result<Outcome>, check: bo
         record(sysroot, op, image, &res.as_ref().map(Clone::clone));
     }
     match res? {
-        Outcome::NoUpdate { digest } => {
+        Outcome::NoUpdate {
+            older: Some(why), ..
+        } => {
+            println!("No update: the tracked image is not newer than the running system ({why}).");
+            Ok(if check { EXIT_NO_UPDATE } else { EXIT_OK })
+        }
+        Outcome::NoUpdate { digest, .. } => {
             println!("No update: the default deployment already runs {digest}.");
             Ok(if check { EXIT_NO_UPDATE } else { EXIT_OK })
         }
@@ -744,7 +777,9 @@ pub fn record(sysroot: &Path, op: &str, image: &str, res: &Result<Outcome, &anyh
     let v = match res {
         Ok(o) => {
             let (result, message) = match o {
-                Outcome::NoUpdate { digest } => ("no-update", digest.clone()),
+                Outcome::NoUpdate { digest, older } => {
+                    ("no-update", older.clone().unwrap_or_else(|| digest.clone()))
+                }
                 Outcome::Available { digest, .. } => ("available", digest.clone()),
                 Outcome::Downloaded { digest, .. } => ("downloaded", digest.clone()),
                 Outcome::Deployed(d) => ("deployed", format!("{} {}", d.stateroot, d.name())),
@@ -919,8 +954,9 @@ fn read_password(path: &Path) -> Result<String> {
     Ok(text.lines().next().unwrap_or("").to_owned())
 }
 
-/// Reboot the running system (`systemctl reboot`); with another `--sysroot` only say so.
-pub fn reboot(sysroot: &Path) -> Result<()> {
+/// Reboot the running system with `[boot] reboot-command` (run by `/bin/sh -c`, default
+/// `systemctl reboot`); with another `--sysroot` only say so.
+pub fn reboot(sysroot: &Path, command: &str) -> Result<()> {
     if sysroot != Path::new("/") {
         println!(
             "Not rebooting: --sysroot is {}, not the running system.",
@@ -929,12 +965,16 @@ pub fn reboot(sysroot: &Path) -> Result<()> {
         return Ok(());
     }
     let _ = std::io::stdout().flush();
-    let status = std::process::Command::new("systemctl")
-        .arg("reboot")
+    let status = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
         .status()
-        .context("running `systemctl reboot`")?;
+        .with_context(|| {
+            format!("running the reboot command {command:?} ([boot] reboot-command)")
+        })?;
     if !status.success() {
-        bail!("`systemctl reboot` failed: {status}");
+        bail!("the reboot command {command:?} ([boot] reboot-command) failed: {status}");
     }
     Ok(())
 }
@@ -945,6 +985,21 @@ mod tests {
 
     fn p(s: &str) -> Result<(Global, Command)> {
         parse(&s.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+    }
+
+    /// `upgrade --apply` and the fleet's reboot run `[boot] reboot-command`, not a fixed
+    /// `systemctl reboot`; a failing command is an error that names it.
+    #[test]
+    fn reboot_runs_the_configured_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("rebooted");
+        reboot(Path::new("/"), &format!("echo now > {}", marker.display())).unwrap();
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "now\n");
+        let err = reboot(Path::new("/"), "exit 3").unwrap_err();
+        assert!(format!("{err:#}").contains("reboot-command"), "{err:#}");
+        // another sysroot: never runs it
+        reboot(dir.path(), &format!("rm {}", marker.display())).unwrap();
+        assert!(marker.exists());
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 pub use self::origin::Origin;
-use crate::ostree::{fsync_dir, sys, write_atomic, Checksum, Repo, RepoMode};
+use crate::ostree::{fsync_dir, sys, write_atomic, Checksum, MetaValue, Repo, RepoMode};
 
 /// Environment variable that overrides booted-deployment detection.
 pub const BOOTED_ENV: &str = "OTTER_BOOTED_DEPLOYMENT";
@@ -41,6 +41,9 @@ pub const BOOTED_ENV: &str = "OTTER_BOOTED_DEPLOYMENT";
 const DEPLOY_REF_PREFIX: &str = "ostree/";
 /// Ref prefix of imported images (`otter/image/<manifest sha256 hex>`); see [`crate::update`].
 pub const IMAGE_REF_PREFIX: &str = "otter/image/";
+/// Commit metadata key listing the image's layer diff_ids (string array); cleanup keeps the
+/// recorded layers (`otter/layer/…`, see [`crate::import::layer_ref`]) these name.
+pub const DIFF_IDS_KEY: &str = "otter.image.diff-ids";
 
 /// One deployment, as listed by the BLS entries of the current boot version.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -791,6 +794,34 @@ impl Sysroot {
             for (name, c) in self.repo.list_refs(IMAGE_REF_PREFIX)? {
                 if !deployed.contains(&c) {
                     self.repo.set_ref(&name, None)?;
+                }
+            }
+            // Recorded layers no deployed image uses.
+            let mut layers = HashSet::new();
+            let mut complete = true;
+            for c in &deployed {
+                match self.repo.read_commit(c) {
+                    Ok(commit) => {
+                        for (k, v) in &commit.metadata {
+                            if let (true, MetaValue::StrArray(ids)) = (k == DIFF_IDS_KEY, v) {
+                                layers
+                                    .extend(ids.iter().filter_map(|d| crate::import::layer_ref(d)));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!(
+                            "reading deployed commit {c}: {e:#}; keeping all recorded layers"
+                        );
+                        complete = false;
+                    }
+                }
+            }
+            if complete {
+                for (name, _) in self.repo.list_refs(crate::import::LAYER_REF_PREFIX)? {
+                    if !layers.contains(&name) {
+                        self.repo.set_ref(&name, None)?;
+                    }
                 }
             }
             remove_empty_dirs(&self.repo.path().join("refs/heads/otter"), false)?;

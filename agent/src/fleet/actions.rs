@@ -121,7 +121,9 @@ impl UpdateProgress for Forward {
 /// The JSON result of a staging operation.
 pub fn outcome_json(o: &Outcome) -> Value {
     match o {
-        Outcome::NoUpdate { digest } => json!({"result": "no-update", "digest": digest}),
+        Outcome::NoUpdate { digest, older } => {
+            json!({"result": "no-update", "digest": digest, "older": older})
+        }
         Outcome::Available {
             digest,
             version,
@@ -194,7 +196,7 @@ impl FleetActions for UpdateActions {
                     update::update(&sysroot, None, Mode::Check, opts, &mut |_| Ok(()))
                 })?;
                 let have = match &now {
-                    Outcome::Available { digest, .. } | Outcome::NoUpdate { digest } => digest,
+                    Outcome::Available { digest, .. } | Outcome::NoUpdate { digest, .. } => digest,
                     other => bail!("internal error: check ended with {other:?}"),
                 };
                 if have != want {
@@ -247,7 +249,7 @@ impl FleetActions for UpdateActions {
                 self.sysroot.display()
             );
         }
-        crate::cli::reboot(&self.sysroot)
+        crate::cli::reboot(&self.sysroot, &self.opts.config.boot.reboot_command)
     }
 
     fn status(&mut self) -> Result<Value> {

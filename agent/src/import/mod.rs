@@ -39,20 +39,35 @@
 //!   entries winning); the contents of `/dev /proc /sys /run /tmp` are dropped (the directories
 //!   stay); `/var` is kept as is (the seed of a first deployment's `/var`).
 //!
+//! Recorded layers ([`Importer::apply_layer_recorded`]): after the import's commit, each layer
+//! whose uncompressed tar matches its diff_id is also written as a small commit under
+//! [`layer_ref`] (`otter/layer/<diff_id hex>`, format [`LAYER_FORMAT_VERSION`]): its tree as the
+//! tar had it (whiteouts as empty regular files, hard links as their content object, implied
+//! directories `0755 0:0`; content objects shared with the image) and its entries in tar order
+//! (`otter.layer.ops`: a kind letter `r d f l h w o` + path; `otter.layer.link-targets`).
+//! [`Importer::apply_layer_commit`] replays those entries through the same code as the tar, so
+//! whiteouts, opaque directories, hard links (resolved against the lower layers at replay time)
+//! and refusals behave exactly alike and the merged tree is identical. A layer naming a path
+//! twice is not recorded.
+//!
 //! A failed import changes no ref: its staged objects are deleted when the importer is dropped.
 
-use std::collections::BTreeMap;
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use sha2::Digest;
 
 use crate::ostree::objects::{
     canonical_xattrs, DirMeta, DirTree, FileHeader, S_IFDIR, S_IFLNK, S_IFREG,
 };
-use crate::ostree::{content_checksum, Checksum, MetaValue, Repo, Transaction, MAX_TREE_DEPTH};
+use crate::ostree::{
+    content_checksum, Checksum, MetaValue, ObjectKind, Repo, Transaction, MAX_TREE_DEPTH,
+};
 
 /// Version of the rules above; recorded in commits as `otter.import-rules` and in release
 /// statements as `import_rules`.
@@ -153,6 +168,61 @@ impl Node {
     }
 }
 
+/// One tar entry's effect on the tree, paths as components. Whiteout paths include the marker
+/// name (`…/.wh.NAME`, `…/.wh..wh..opq`).
+#[derive(Clone, Debug)]
+enum Op {
+    Root(DirMeta),
+    Opaque(Vec<String>),
+    Whiteout(Vec<String>),
+    Dir(Vec<String>, DirMeta),
+    /// A regular file or a symlink; `setid`: setuid or setgid bit (checked against the policy).
+    File {
+        path: Vec<String>,
+        csum: Checksum,
+        symlink: bool,
+        setid: bool,
+    },
+    /// Hard link: path, target path.
+    Link(Vec<String>, Vec<String>),
+}
+
+impl Op {
+    fn path(&self) -> &[String] {
+        match self {
+            Op::Root(_) => &[],
+            Op::Opaque(p)
+            | Op::Whiteout(p)
+            | Op::Dir(p, _)
+            | Op::File { path: p, .. }
+            | Op::Link(p, _) => p,
+        }
+    }
+
+    /// The `otter.layer.ops` string: a kind letter, then the path.
+    fn encode(&self) -> String {
+        let kind = match self {
+            Op::Root(_) => 'r',
+            Op::Opaque(_) => 'o',
+            Op::Whiteout(_) => 'w',
+            Op::Dir(..) => 'd',
+            Op::File { symlink: false, .. } => 'f',
+            Op::File { symlink: true, .. } => 'l',
+            Op::Link(..) => 'h',
+        };
+        format!("{kind}{}", self.path().join("/"))
+    }
+}
+
+/// The ops of one layer being or having been recorded, with the content of hard links.
+type Recording = Vec<(Op, Option<Checksum>)>;
+
+/// A layer recorded while importing, written as its own commit after the import's commit.
+struct RecordedLayer {
+    diff_id: String,
+    ops: Recording,
+}
+
 fn default_dir_meta() -> DirMeta {
     DirMeta {
         uid: 0,
@@ -172,6 +242,10 @@ pub struct Importer<'r> {
     entries: u64,
     /// File content bytes written for the current layer.
     content_bytes: u64,
+    /// The ops of the current layer, when it is being recorded.
+    recording: Option<Recording>,
+    /// Layers to write as `otter/layer/…` commits after the import's commit.
+    recorded: Vec<RecordedLayer>,
 }
 
 impl<'r> Importer<'r> {
@@ -188,6 +262,8 @@ impl<'r> Importer<'r> {
             limits: ImportLimits::default(),
             entries: 0,
             content_bytes: 0,
+            recording: None,
+            recorded: Vec::new(),
         }
     }
 
@@ -214,11 +290,167 @@ impl<'r> Importer<'r> {
     pub fn apply_layer(&mut self, media_type: &str, layer: &mut dyn Read) -> Result<()> {
         self.layer += 1;
         let n = self.layer;
-        self.apply_layer_inner(media_type, layer)
+        self.recording = None;
+        self.apply_layer_inner(media_type, layer, None)
             .with_context(|| format!("applying layer {n} ({media_type})"))
     }
 
-    fn apply_layer_inner(&mut self, media_type: &str, layer: &mut dyn Read) -> Result<()> {
+    /// [`apply_layer`](Self::apply_layer), and remember the layer so that [`commit`](Self::commit)
+    /// also writes it as its own commit under [`layer_ref`]`(diff_id)` (see
+    /// [`apply_layer_commit`](Self::apply_layer_commit)). Only a layer whose uncompressed tar
+    /// hashes to `diff_id` (`sha256:…`) is recorded; others are imported all the same.
+    pub fn apply_layer_recorded(
+        &mut self,
+        media_type: &str,
+        layer: &mut dyn Read,
+        diff_id: &str,
+    ) -> Result<()> {
+        self.layer += 1;
+        let n = self.layer;
+        self.recording = Some(Vec::new());
+        let mut hasher = sha2::Sha256::new();
+        let res = self
+            .apply_layer_inner(media_type, layer, Some(&mut hasher))
+            .with_context(|| format!("applying layer {n} ({media_type})"));
+        let ops = self.recording.take().unwrap_or_default();
+        res?;
+        let got = format!("sha256:{}", hex_of(&hasher.finalize()));
+        if got != diff_id {
+            log::warn!(
+                "layer {n}: the uncompressed tar is {got}, but the image config says {diff_id};                  not keeping it for later updates"
+            );
+        } else {
+            self.recorded.push(RecordedLayer {
+                diff_id: diff_id.to_owned(),
+                ops,
+            });
+        }
+        Ok(())
+    }
+
+    /// Apply a layer recorded by an earlier import (the commit of an `otter/layer/…` ref) exactly
+    /// like its tar: same whiteout, opaque-directory and hard-link semantics, same refusals. No
+    /// blob is read; the content objects must be in the repo.
+    pub fn apply_layer_commit(&mut self, commit: &Checksum) -> Result<()> {
+        self.layer += 1;
+        let n = self.layer;
+        self.recording = None;
+        self.apply_layer_commit_inner(commit)
+            .with_context(|| format!("applying layer {n} from the recorded layer commit {commit}"))
+    }
+
+    fn apply_layer_commit_inner(&mut self, commit: &Checksum) -> Result<()> {
+        self.tx()?;
+        let repo = self.repo;
+        let c = repo.read_commit(commit)?;
+        let format = c.metadata.iter().find_map(|(k, v)| match v {
+            MetaValue::U64(f) if k == "otter.layer.format" => Some(*f),
+            _ => None,
+        });
+        if format != Some(LAYER_FORMAT_VERSION) {
+            bail!("not a layer commit of format {LAYER_FORMAT_VERSION} (found {format:?})");
+        }
+        let strs = |key: &str| -> Result<&[String]> {
+            c.metadata
+                .iter()
+                .find_map(|(k, v)| match v {
+                    MetaValue::StrArray(a) if k == key => Some(a.as_slice()),
+                    _ => None,
+                })
+                .with_context(|| format!("layer commit without {key}"))
+        };
+        let ops = strs("otter.layer.ops")?;
+        let mut targets = strs("otter.layer.link-targets")?.iter();
+        // path → (dirmeta | content checksum) of the layer tree.
+        let mut nodes = HashMap::new();
+        load_tree(
+            repo,
+            &c.root_tree,
+            &c.root_meta,
+            String::new(),
+            0,
+            &mut nodes,
+        )?;
+        for op in ops {
+            let mut chars = op.chars();
+            let kind = chars.next().context("empty layer op")?;
+            let path = chars.as_str();
+            let comps = split_path(path.as_bytes()).with_context(|| format!("layer op {op:?}"))?;
+            let key = comps.join("/");
+            let node = || {
+                nodes
+                    .get(&key)
+                    .with_context(|| format!("{key:?} is not in the layer tree"))
+            };
+            let op = match kind {
+                'r' => match node()? {
+                    LayerNode::Dir(m) => Op::Root(m.clone()),
+                    LayerNode::File(_) => bail!("the layer root is not a directory"),
+                },
+                'o' => {
+                    if comps.last().map(String::as_str) != Some(".wh..wh..opq") {
+                        bail!("bad opaque whiteout {path:?}");
+                    }
+                    Op::Opaque(comps)
+                }
+                'w' => {
+                    let hidden = comps
+                        .last()
+                        .and_then(|n| n.strip_prefix(".wh."))
+                        .with_context(|| format!("bad whiteout {path:?}"))?;
+                    valid_component(hidden)?;
+                    Op::Whiteout(comps)
+                }
+                'd' => match node()? {
+                    LayerNode::Dir(m) => Op::Dir(comps, m.clone()),
+                    LayerNode::File(_) => bail!("{key:?} is not a directory in the layer tree"),
+                },
+                'f' | 'l' => {
+                    match node()? {
+                        LayerNode::File(csum) => {
+                            if !repo.has_object(ObjectKind::File, csum) {
+                                bail!("content object {csum} of {key:?} is missing from the repository");
+                            }
+                            let setid = kind == 'f'
+                                && repo
+                                    .open_file(csum)
+                                    .with_context(|| format!("content object {csum} of {key:?}"))?
+                                    .header
+                                    .mode
+                                    & 0o6000
+                                    != 0;
+                            Op::File {
+                                path: comps,
+                                csum: *csum,
+                                symlink: kind == 'l',
+                                setid,
+                            }
+                        }
+                        LayerNode::Dir(_) => bail!("{key:?} is a directory in the layer tree"),
+                    }
+                }
+                'h' => {
+                    let t = targets
+                        .next()
+                        .context("hard link without a recorded target")?;
+                    let tcomps = split_path(t.as_bytes())
+                        .with_context(|| format!("hard link target {t:?}"))?;
+                    Op::Link(comps, tcomps)
+                }
+                other => bail!("unknown layer op kind {other:?}"),
+            };
+            self.apply_op(op)
+                .with_context(|| format!("layer entry {path:?}"))?;
+        }
+        Ok(())
+    }
+
+    fn apply_layer_inner(
+        &mut self,
+        media_type: &str,
+        layer: &mut dyn Read,
+        hasher: Option<&mut sha2::Sha256>,
+    ) -> Result<()> {
         self.tx()?;
         self.content_bytes = 0;
         let decoder: Box<dyn Read + '_> = match media_type {
@@ -243,16 +475,46 @@ impl<'r> Importer<'r> {
                  and Docker rootfs.diff.tar.gzip layers"
             ),
         };
-        let decoder: Box<dyn Read + '_> = Box::new(Bounded {
+        let decoder = HashingReader {
+            inner: Bounded {
+                inner: decoder,
+                left: self.limits.max_layer_size,
+                limit: self.limits.max_layer_size,
+            },
+            hasher,
+        };
+        let delivered = Cell::new(0u64);
+        let at_eof = Cell::new(false);
+        let decoder = CountingReader {
             inner: decoder,
-            left: self.limits.max_layer_size,
-            limit: self.limits.max_layer_size,
-        });
+            delivered: &delivered,
+            at_eof: &at_eof,
+        };
         let mut archive = tar::Archive::new(decoder);
         let entries = archive.entries().context("reading the layer tar")?;
+        // Where the data of the last entry ends in the uncompressed stream.
+        let mut data_end = None;
         for entry in entries {
-            let mut entry =
-                entry.context("reading the next tar entry (truncated or corrupt layer?)")?;
+            let mut entry = match entry {
+                Ok(e) => e,
+                // Some writers (umoci 0.4 `insert`: Go's tar writer never closed) stop right after
+                // the last file's data, without its block padding and the end-of-archive blocks.
+                // Nothing is missing then (every byte of every entry arrived, and the blob digest
+                // pins the stream), so that is the end of the layer, not a truncation.
+                Err(e) if at_eof.get() && data_end == Some(delivered.get()) => {
+                    log::debug!("layer ends without tar padding/end-of-archive blocks ({e})");
+                    break;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context("reading the next tar entry (truncated or corrupt layer?)"))
+                }
+            };
+            data_end = entry
+                .header()
+                .entry_size()
+                .ok()
+                .map(|size| entry.raw_file_position().saturating_add(size));
             self.entries += 1;
             if self.entries > self.limits.max_entries {
                 bail!(
@@ -272,7 +534,7 @@ impl<'r> Importer<'r> {
         Ok(())
     }
 
-    fn apply_entry(&mut self, entry: &mut tar::Entry<'_, Box<dyn Read + '_>>) -> Result<()> {
+    fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         use tar::EntryType as T;
         let layer = self.layer;
         let etype = entry.header().entry_type();
@@ -287,8 +549,7 @@ impl<'r> Importer<'r> {
         let Some((name, parents)) = comps.split_last() else {
             // The root itself ("./").
             if etype == T::Directory {
-                self.root.meta = dir_meta(entry)?;
-                return Ok(());
+                return self.apply_op(Op::Root(dir_meta(entry)?));
             }
             bail!("entry for the root directory is not a directory");
         };
@@ -296,52 +557,19 @@ impl<'r> Importer<'r> {
         // Whiteouts.
         if let Some(hidden) = name.strip_prefix(".wh.") {
             if hidden == ".wh..opq" {
-                let dir = dir_mut(&mut self.root, parents, layer, true)?
-                    .context("opaque whiteout parent missing")?;
-                hide_lower(dir, layer);
+                return self.apply_op(Op::Opaque(comps));
             } else if hidden.starts_with(".wh.") {
                 log::debug!("ignoring whiteout marker {name:?}");
-            } else {
-                let hidden = valid_component(hidden)?;
-                if let Some(dir) = dir_mut(&mut self.root, parents, layer, false)? {
-                    match dir.children.get_mut(&hidden) {
-                        Some(n) if n.layer() < layer => {
-                            dir.children.remove(&hidden);
-                        }
-                        Some(Node::Dir(d)) => hide_lower(d, layer),
-                        _ => {}
-                    }
-                }
+                return Ok(());
             }
-            return Ok(());
+            valid_component(hidden)?;
+            return self.apply_op(Op::Whiteout(comps));
         }
 
-        let node = match etype {
+        match etype {
             T::Directory => {
                 let meta = dir_meta(entry)?;
-                let parent = dir_mut(&mut self.root, parents, layer, true)?
-                    .context("parent directory missing")?;
-                match parent.children.get_mut(name) {
-                    Some(Node::Dir(d)) => {
-                        d.meta = meta;
-                        d.layer = layer;
-                    }
-                    Some(n) if n.layer() == layer => bail!(
-                        "the layer has this path as a file and as a directory; refusing an \
-                         ambiguous layer"
-                    ),
-                    _ => {
-                        parent.children.insert(
-                            name.clone(),
-                            Node::Dir(Dir {
-                                meta,
-                                children: BTreeMap::new(),
-                                layer,
-                            }),
-                        );
-                    }
-                }
-                return Ok(());
+                self.apply_op(Op::Dir(comps, meta))
             }
             T::Regular | T::Continuous | T::GNUSparse => {
                 let h = entry.header();
@@ -390,12 +618,12 @@ impl<'r> Importer<'r> {
                 let tx = self.tx()?;
                 let csum = tx.write_file_sized(&header, &mut content, size)?;
                 self.content_bytes += budget - content.left;
-                Node::File {
+                self.apply_op(Op::File {
+                    path: comps,
                     csum,
                     symlink: false,
                     setid,
-                    layer,
-                }
+                })
             }
             T::Symlink => {
                 let target = entry
@@ -418,12 +646,12 @@ impl<'r> Importer<'r> {
                     .context("parent directory missing")?;
                 check_not_duplicate(parent, name, layer)?;
                 let csum = self.tx()?.write_file(&header, &mut io::empty())?;
-                Node::File {
+                self.apply_op(Op::File {
+                    path: comps,
                     csum,
                     symlink: true,
                     setid: false,
-                    layer,
-                }
+                })
             }
             T::Link => {
                 let target = entry
@@ -433,12 +661,115 @@ impl<'r> Importer<'r> {
                 let tcomps = split_path(&target).with_context(|| {
                     format!("hard link target {:?}", String::from_utf8_lossy(&target))
                 })?;
+                self.apply_op(Op::Link(comps, tcomps))
+            }
+            T::Char | T::Block => {
+                let top = parents.first().map(String::as_str).unwrap_or("");
+                if !EMPTIED_DIRS.contains(&top) {
+                    bail!(
+                        "device node outside /dev: otter does not store device nodes (ostree cannot), \
+                         and one elsewhere in an image is refused; create it at boot (udev, \
+                         systemd-tmpfiles) instead"
+                    );
+                }
+                log::debug!("dropping device node {:?}", comps.join("/"));
+                Ok(())
+            }
+            T::Fifo => {
+                log::warn!(
+                    "dropping fifo {:?}: ostree cannot store it",
+                    comps.join("/")
+                );
+                Ok(())
+            }
+            other => bail!("unsupported tar entry type {other:?}"),
+        }
+    }
+
+    /// Apply one parsed entry to the tree (the tar and a layer commit both end up here), and
+    /// record it when the current layer is being recorded.
+    fn apply_op(&mut self, op: Op) -> Result<()> {
+        let layer = self.layer;
+        let mut link_csum = None;
+        match &op {
+            Op::Root(meta) => self.root.meta = meta.clone(),
+            Op::Opaque(comps) => {
+                let parents = &comps[..comps.len().saturating_sub(1)];
+                let dir = dir_mut(&mut self.root, parents, layer, true)?
+                    .context("opaque whiteout parent missing")?;
+                hide_lower(dir, layer);
+            }
+            Op::Whiteout(comps) => {
+                let (name, parents) = comps.split_last().context("whiteout without a name")?;
+                let hidden = name
+                    .strip_prefix(".wh.")
+                    .context("whiteout name without .wh.")?;
+                if let Some(dir) = dir_mut(&mut self.root, parents, layer, false)? {
+                    match dir.children.get_mut(hidden) {
+                        Some(n) if n.layer() < layer => {
+                            dir.children.remove(hidden);
+                        }
+                        Some(Node::Dir(d)) => hide_lower(d, layer),
+                        _ => {}
+                    }
+                }
+            }
+            Op::Dir(comps, meta) => {
+                let (name, parents) = comps.split_last().context("directory without a name")?;
+                let parent = dir_mut(&mut self.root, parents, layer, true)?
+                    .context("parent directory missing")?;
+                match parent.children.get_mut(name) {
+                    Some(Node::Dir(d)) => {
+                        d.meta = meta.clone();
+                        d.layer = layer;
+                    }
+                    Some(n) if n.layer() == layer => bail!(
+                        "the layer has this path as a file and as a directory; refusing an \
+                         ambiguous layer"
+                    ),
+                    _ => {
+                        parent.children.insert(
+                            name.clone(),
+                            Node::Dir(Dir {
+                                meta: meta.clone(),
+                                children: BTreeMap::new(),
+                                layer,
+                            }),
+                        );
+                    }
+                }
+            }
+            Op::File {
+                path,
+                csum,
+                symlink,
+                setid,
+            } => {
+                let (name, parents) = path.split_last().context("file without a name")?;
+                if *setid {
+                    check_setid(path)?;
+                }
+                let parent = dir_mut(&mut self.root, parents, layer, true)?
+                    .context("parent directory missing")?;
+                check_not_duplicate(parent, name, layer)?;
+                parent.children.insert(
+                    name.clone(),
+                    Node::File {
+                        csum: *csum,
+                        symlink: *symlink,
+                        setid: *setid,
+                        layer,
+                    },
+                );
+            }
+            Op::Link(comps, tcomps) => {
+                let (name, parents) = comps.split_last().context("hard link without a name")?;
+                let shown = || tcomps.join("/");
                 let (tname, tparents) = tcomps
                     .split_last()
                     .context("hard link to the root directory")?;
-                let tdir = dir_mut(&mut self.root, tparents, layer, false).with_context(|| {
-                    format!("hard link target {:?}", String::from_utf8_lossy(&target))
-                })?;
+                let tdir = dir_mut(&mut self.root, tparents, layer, false)
+                    .with_context(|| format!("hard link target {:?}", shown()))?;
                 let node = match tdir.and_then(|d| d.children.get(tname)) {
                     Some(Node::File {
                         csum,
@@ -451,47 +782,29 @@ impl<'r> Importer<'r> {
                         setid: *setid,
                         layer,
                     },
-                    Some(Node::Dir(_)) => bail!(
-                        "hard link target {:?} is a directory",
-                        String::from_utf8_lossy(&target)
-                    ),
+                    Some(Node::Dir(_)) => {
+                        bail!("hard link target {:?} is a directory", shown())
+                    }
                     None => bail!(
                         "hard link target {:?} does not exist in this or an earlier layer",
-                        String::from_utf8_lossy(&target)
+                        shown()
                     ),
                 };
-                if matches!(node, Node::File { setid: true, .. }) {
-                    check_setid(&comps).context("hard link to a setuid/setgid file")?;
+                if let Node::File { csum, setid, .. } = &node {
+                    if *setid {
+                        check_setid(comps).context("hard link to a setuid/setgid file")?;
+                    }
+                    link_csum = Some(*csum);
                 }
                 let parent = dir_mut(&mut self.root, parents, layer, true)?
                     .context("parent directory missing")?;
                 check_not_duplicate(parent, name, layer)?;
-                node
+                parent.children.insert(name.clone(), node);
             }
-            T::Char | T::Block => {
-                let top = parents.first().map(String::as_str).unwrap_or("");
-                if !EMPTIED_DIRS.contains(&top) {
-                    bail!(
-                        "device node outside /dev: otter does not store device nodes (ostree cannot), \
-                         and one elsewhere in an image is refused; create it at boot (udev, \
-                         systemd-tmpfiles) instead"
-                    );
-                }
-                log::debug!("dropping device node {:?}", comps.join("/"));
-                return Ok(());
-            }
-            T::Fifo => {
-                log::warn!(
-                    "dropping fifo {:?}: ostree cannot store it",
-                    comps.join("/")
-                );
-                return Ok(());
-            }
-            other => bail!("unsupported tar entry type {other:?}"),
-        };
-        let parent =
-            dir_mut(&mut self.root, parents, layer, true)?.context("parent directory missing")?;
-        parent.children.insert(name.clone(), node);
+        }
+        if let Some(rec) = &mut self.recording {
+            rec.push((op, link_csum));
+        }
         Ok(())
     }
 
@@ -528,12 +841,221 @@ impl<'r> Importer<'r> {
         let commit = tx
             .commit(subject, "", metadata, parent, now, &tree, &meta)
             .context("writing the commit")?;
+        // The import's content objects are now in the repo: record its layers. A failure here
+        // only costs a download next time.
+        for l in std::mem::take(&mut self.recorded) {
+            if let Err(e) = write_layer_commit(self.repo, &l, now) {
+                log::warn!("recording layer {} for later updates: {e:#}", l.diff_id);
+            }
+        }
         Ok(Imported {
             commit,
             content_checksum: content_checksum(&tree, &meta),
             kernel,
         })
     }
+}
+
+/// Format of layer commits (`otter.layer.format`).
+pub const LAYER_FORMAT_VERSION: u64 = 1;
+
+/// The ref of a recorded layer: `otter/layer/<sha256 hex of its diff_id>`. None for a diff_id
+/// that is not `sha256:<64 hex>`.
+pub fn layer_ref(diff_id: &str) -> Option<String> {
+    let hex = diff_id.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then(|| format!("{LAYER_REF_PREFIX}{hex}"))
+}
+
+/// Ref prefix of recorded layers.
+pub const LAYER_REF_PREFIX: &str = "otter/layer/";
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hashes what is read through it (the uncompressed layer tar, for its diff_id).
+/// Counts the bytes passed through and notes when the inner reader hit its end.
+struct CountingReader<'c, R> {
+    inner: R,
+    delivered: &'c Cell<u64>,
+    at_eof: &'c Cell<bool>,
+}
+
+impl<R: Read> Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.at_eof.set(true);
+        }
+        self.delivered.set(self.delivered.get() + n as u64);
+        Ok(n)
+    }
+}
+
+struct HashingReader<'h, R> {
+    inner: R,
+    hasher: Option<&'h mut sha2::Sha256>,
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+enum LayerNode {
+    Dir(DirMeta),
+    File(Checksum),
+}
+
+/// Read a layer tree into `out` (path → node; the root is "").
+fn load_tree(
+    repo: &Repo,
+    tree: &Checksum,
+    meta: &Checksum,
+    path: String,
+    depth: usize,
+    out: &mut HashMap<String, LayerNode>,
+) -> Result<()> {
+    if depth > MAX_PATH_DEPTH {
+        bail!("layer tree is deeper than {MAX_PATH_DEPTH} directories");
+    }
+    let join = |n: &str| {
+        if path.is_empty() {
+            n.to_owned()
+        } else {
+            format!("{path}/{n}")
+        }
+    };
+    let t = repo.read_dirtree(tree)?;
+    for (name, csum) in &t.files {
+        out.insert(join(name), LayerNode::File(*csum));
+    }
+    for (name, st, sm) in &t.dirs {
+        load_tree(repo, st, sm, join(name), depth + 1, out)?;
+    }
+    out.insert(path, LayerNode::Dir(repo.read_dirmeta(meta)?));
+    Ok(())
+}
+
+/// Write a recorded layer as a commit holding its tree as the tar had it (whiteouts as empty
+/// files, hard links as their content, implied directories `0755 0:0`) and its entries in order
+/// (`otter.layer.ops`, `otter.layer.link-targets`), then point [`layer_ref`] at it.
+fn write_layer_commit(repo: &Repo, l: &RecordedLayer, now: u64) -> Result<()> {
+    let name = layer_ref(&l.diff_id).with_context(|| format!("invalid diff_id {:?}", l.diff_id))?;
+    let mut tx = repo.transaction()?;
+    let marker = tx.write_file(
+        &FileHeader {
+            uid: 0,
+            gid: 0,
+            mode: S_IFREG | 0o644,
+            symlink_target: String::new(),
+            xattrs: Vec::new(),
+        },
+        &mut io::empty(),
+    )?;
+    let mut root = Dir {
+        meta: default_dir_meta(),
+        children: BTreeMap::new(),
+        layer: 0,
+    };
+    let mut seen = HashSet::new();
+    let mut ops = Vec::with_capacity(l.ops.len());
+    let mut targets = Vec::new();
+    for (op, link_csum) in &l.ops {
+        let key = op.path().join("/");
+        if !seen.insert(key.clone()) {
+            bail!("the layer has more than one entry for {key:?}");
+        }
+        ops.push(op.encode());
+        let (name, parents) = match op.path().split_last() {
+            Some(x) => x,
+            None => {
+                if let Op::Root(m) = op {
+                    root.meta = m.clone();
+                }
+                continue;
+            }
+        };
+        let parent = dir_mut(&mut root, parents, 0, true)
+            .with_context(|| format!("layer entry {key:?}"))?
+            .context("parent directory missing")?;
+        let node = match op {
+            Op::Root(_) => continue,
+            Op::Dir(_, m) => {
+                match parent.children.get_mut(name) {
+                    Some(Node::Dir(d)) => d.meta = m.clone(),
+                    Some(Node::File { .. }) => bail!("{key:?} is both a file and a directory"),
+                    None => {
+                        parent.children.insert(
+                            name.clone(),
+                            Node::Dir(Dir {
+                                meta: m.clone(),
+                                children: BTreeMap::new(),
+                                layer: 0,
+                            }),
+                        );
+                    }
+                }
+                continue;
+            }
+            Op::File { csum, symlink, .. } => (*csum, *symlink),
+            Op::Link(_, t) => {
+                targets.push(t.join("/"));
+                (link_csum.context("hard link without content")?, false)
+            }
+            Op::Opaque(_) | Op::Whiteout(_) => (marker, false),
+        };
+        if parent.children.contains_key(name) {
+            bail!("{key:?} is both a file and a directory");
+        }
+        parent.children.insert(
+            name.clone(),
+            Node::File {
+                csum: node.0,
+                symlink: node.1,
+                setid: false,
+                layer: 0,
+            },
+        );
+    }
+    let (tree, meta) = write_dir(&mut tx, &root)?;
+    let metadata = vec![
+        (
+            "otter.layer.diff-id".to_owned(),
+            MetaValue::Str(l.diff_id.clone()),
+        ),
+        (
+            "otter.layer.format".to_owned(),
+            MetaValue::U64(LAYER_FORMAT_VERSION),
+        ),
+        (
+            "otter.import-rules".to_owned(),
+            MetaValue::U64(IMPORT_RULES_VERSION),
+        ),
+        ("otter.layer.ops".to_owned(), MetaValue::StrArray(ops)),
+        (
+            "otter.layer.link-targets".to_owned(),
+            MetaValue::StrArray(targets),
+        ),
+    ];
+    let c = tx.commit(
+        &format!("layer {}", l.diff_id),
+        "",
+        metadata,
+        None,
+        now,
+        &tree,
+        &meta,
+    )?;
+    repo.set_ref(&name, Some(&c))?;
+    log::debug!("recorded layer {} as {c}", l.diff_id);
+    Ok(())
 }
 
 fn owner(v: io::Result<u64>) -> Result<u32> {
@@ -925,6 +1447,160 @@ mod tests {
         assert!(split_path(b"a/\xff").is_err());
         assert!(split_path("x/".repeat(300).as_bytes()).is_err());
         assert!(split_path("y".repeat(256).as_bytes()).is_err());
+    }
+
+    /// Tar entries: (path, kind, data or link target, mode).
+    fn tar(entries: &[(&str, char, &str, u32)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data, mode) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(*mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            match kind {
+                'd' => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    b.append_data(&mut h, path, &[][..]).unwrap();
+                }
+                'f' => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, path, data.as_bytes()).unwrap();
+                }
+                'l' => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, data).unwrap();
+                }
+                'h' => {
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, data).unwrap();
+                }
+                _ => unreachable!(),
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn diff_id(t: &[u8]) -> String {
+        format!("sha256:{}", hex_of(&sha2::Sha256::digest(t)))
+    }
+
+    const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+    /// Import `layers` from their tars (recording them), returning the content checksum.
+    fn import_tars(repo: &Repo, layers: &[&[u8]]) -> Checksum {
+        let mut imp = Importer::new(repo);
+        for l in layers {
+            imp.apply_layer_recorded(TAR, &mut &l[..], &diff_id(l))
+                .unwrap();
+        }
+        imp.commit("t", Vec::new(), None).unwrap().content_checksum
+    }
+
+    /// Replaying recorded layers builds exactly the tree their tars build, also over another
+    /// lower layer than the one they were recorded on (order-dependent whiteouts, implied
+    /// directories, hard links into the lower layer, the root entry).
+    #[test]
+    fn replay_equals_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(&dir.path().join("repo"), crate::ostree::RepoMode::BareUser).unwrap();
+        let base = tar(&[
+            ("usr/", 'd', "", 0o755),
+            ("usr/bin/hello", 'f', "hello\n", 0o755),
+            ("d/", 'd', "", 0o750),
+            ("d/old", 'f', "old\n", 0o644),
+            ("d2/keep/", 'd', "", 0o711),
+            ("d2/keep/x", 'f', "x\n", 0o644),
+            ("o/a", 'f', "a\n", 0o644),
+            ("o/sub/b", 'f', "b\n", 0o644),
+            ("gone", 'f', "gone\n", 0o644),
+            ("etc/conf", 'f', "conf\n", 0o600),
+        ]);
+        let other_base = tar(&[
+            ("usr/bin/hello", 'f', "another hello\n", 0o700),
+            ("d/", 'd', "", 0o700),
+            ("d/other", 'f', "other\n", 0o644),
+            ("d2/", 'd', "", 0o700),
+            ("o/", 'd', "", 0o701),
+            ("o/z", 'f', "z\n", 0o644),
+        ]);
+        let upper = tar(&[
+            ("./", 'd', "", 0o700),
+            // whiteout first, then an implied directory of the same name
+            (".wh.d", 'f', "", 0o644),
+            ("d/new", 'f', "new\n", 0o644),
+            // implied directory first, then its whiteout
+            ("d2/y", 'f', "y\n", 0o644),
+            (".wh.d2", 'f', "", 0o644),
+            ("o/.wh..wh..opq", 'f', "", 0o644),
+            ("o/c", 'f', "c\n", 0o644),
+            (".wh.gone", 'f', "", 0o644),
+            ("link", 'h', "usr/bin/hello", 0o644),
+            ("sym", 'l', "usr/bin/hello", 0o777),
+            ("twin", 'f', "twin\n", 0o640),
+            ("twin2", 'h', "twin", 0o640),
+            ("etc/conf", 'f', "new conf\n", 0o600),
+            ("x/.wh..wh.plnk", 'f', "", 0o644),
+        ]);
+        let from_tars = import_tars(&repo, &[&base, &upper]);
+        let refs: Vec<Checksum> = [&base, &upper]
+            .iter()
+            .map(|t| {
+                repo.resolve_ref(&layer_ref(&diff_id(t)).unwrap())
+                    .unwrap()
+                    .expect("layer recorded")
+            })
+            .collect();
+        let mut imp = Importer::new(&repo);
+        for c in &refs {
+            imp.apply_layer_commit(c).unwrap();
+        }
+        let replayed = imp.commit("t", Vec::new(), None).unwrap().content_checksum;
+        assert_eq!(replayed, from_tars);
+
+        // the upper layer over another base: tar vs replay
+        let from_tars = import_tars(&repo, &[&other_base, &upper]);
+        let mut imp = Importer::new(&repo);
+        imp.apply_layer(TAR, &mut &other_base[..]).unwrap();
+        imp.apply_layer_commit(&refs[1]).unwrap();
+        let replayed = imp.commit("t", Vec::new(), None).unwrap().content_checksum;
+        assert_eq!(replayed, from_tars);
+        assert_ne!(replayed, import_tars(&repo, &[&base, &upper]));
+
+        // a replayed layer keeps the tar's refusals: a hard link whose target a lower layer
+        // lacks
+        let lone = tar(&[("f", 'f', "f\n", 0o644)]);
+        let mut imp = Importer::new(&repo);
+        imp.apply_layer(TAR, &mut &lone[..]).unwrap();
+        let err = imp.apply_layer_commit(&refs[1]).unwrap_err();
+        assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
+
+        // a layer naming one path twice is refused, and so not recorded
+        let dup = tar(&[("a", 'f', "1\n", 0o644), ("a", 'f', "2\n", 0o644)]);
+        let mut imp = Importer::new(&repo);
+        let err = imp
+            .apply_layer_recorded(TAR, &mut &dup[..], &diff_id(&dup))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("twice"), "{err:#}");
+        drop(imp);
+        assert!(repo
+            .resolve_ref(&layer_ref(&diff_id(&dup)).unwrap())
+            .unwrap()
+            .is_none());
+        // a wrong diff_id: imported, not recorded
+        let mut imp = Importer::new(&repo);
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        imp.apply_layer_recorded(TAR, &mut &lone[..], &wrong)
+            .unwrap();
+        imp.commit("t", Vec::new(), None).unwrap();
+        assert!(repo
+            .resolve_ref(&layer_ref(&wrong).unwrap())
+            .unwrap()
+            .is_none());
     }
 
     #[test]
