@@ -712,7 +712,19 @@ pub fn recorded_layers(repo: &Repo, image: &ResolvedImage) -> Vec<Option<Checksu
         .map(|d| {
             let name = layer_ref(d)?;
             match repo.resolve_ref(&name) {
-                Ok(Some(c)) if repo.has_object(ObjectKind::Commit, &c) => Some(c),
+                Ok(Some(c)) if repo.has_object(ObjectKind::Commit, &c) => {
+                    // A record made under older import rules may lack what they dropped and
+                    // the current ones refuse (device nodes): download the layer again.
+                    let rules = import_rules_of(repo, &c);
+                    if rules < IMPORT_RULES_VERSION {
+                        log::info!(
+                            "{name} was recorded under import rules v{rules}, this agent applies \
+                             v{IMPORT_RULES_VERSION}: downloading the layer again"
+                        );
+                        return None;
+                    }
+                    Some(c)
+                }
                 Ok(_) => None,
                 Err(e) => {
                     log::warn!("reading {name}: {e:#}; downloading the layer");
