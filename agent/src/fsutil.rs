@@ -96,6 +96,13 @@ pub fn fsync(f: &File, path: &Path) -> Result<()> {
         .with_context(|| format!("fsync {}", path.display()))
 }
 
+/// fdatasync a file: its data and what is needed to read it back (size), not its timestamps.
+pub fn fsync_data(f: &File, path: &Path) -> Result<()> {
+    crash_point("fdatasync")
+        .and_then(|()| f.sync_data())
+        .with_context(|| format!("fdatasync {}", path.display()))
+}
+
 /// fsync a directory (makes renames and creations in it durable).
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     crash_point("fsync dir")

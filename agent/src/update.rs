@@ -356,12 +356,22 @@ fn run(
     }
 
     let image_ref = format!("{IMAGE_REF_PREFIX}{hex}");
-    let commit = match s.repo().resolve_ref(&image_ref)? {
-        Some(c) => {
+    let imported = s.repo().resolve_ref(&image_ref)?;
+    let commit = match imported {
+        Some(c) if import_rules_of(s.repo(), &c) >= IMPORT_RULES_VERSION => {
             log::info!("{image} ({digest}) is already imported as {c}");
             c
         }
-        None => {
+        stale => {
+            if let Some(c) = stale {
+                // Older rules accepted more (see IMPORT_RULES_VERSION): import it again, so an
+                // image the current rules refuse is refused, not deployed from the old commit.
+                log::info!(
+                    "{image} ({digest}) was imported as {c} under import rules v{}; this agent \
+                     applies v{IMPORT_RULES_VERSION}: importing it again",
+                    import_rules_of(s.repo(), &c)
+                );
+            }
             let via_delta = base.as_ref().and_then(|b| {
                 try_delta(
                     s.repo(),
@@ -438,6 +448,20 @@ fn check_platform(image: &ResolvedImage, configured: Option<&str>) -> Result<()>
         );
     }
     Ok(())
+}
+
+/// The import rules a commit was made under (`otter.import-rules`; 0 when it is not recorded
+/// or the commit cannot be read).
+pub fn import_rules_of(repo: &Repo, c: &Checksum) -> u64 {
+    repo.read_commit(c)
+        .ok()
+        .and_then(|c| {
+            c.metadata.iter().find_map(|(k, v)| match v {
+                MetaValue::U64(n) if k == "otter.import-rules" => Some(*n),
+                _ => None,
+            })
+        })
+        .unwrap_or(0)
 }
 
 /// The manifest digest a commit was imported from.
@@ -523,6 +547,16 @@ pub fn try_delta(
     progress: &dyn Progress,
 ) -> Option<Checksum> {
     let digest = &image.manifest_digest;
+    if let Some(stmt) = stmt.filter(|s| s.import_rules < IMPORT_RULES_VERSION) {
+        // A delta rebuilds the tree the publisher's import made; under older rules that import
+        // accepted more than this agent does. The layers go through the current rules.
+        log::info!(
+            "the release statement of {digest} was made under import rules v{}, this agent \
+             applies v{IMPORT_RULES_VERSION}: fetching the layers instead of a delta",
+            stmt.import_rules
+        );
+        return None;
+    }
     let m = match delta::find_delta(src, digest, &base.digest, &base.content.to_hex()) {
         Ok(Some(m)) => m,
         Ok(None) => {
@@ -678,7 +712,19 @@ pub fn recorded_layers(repo: &Repo, image: &ResolvedImage) -> Vec<Option<Checksu
         .map(|d| {
             let name = layer_ref(d)?;
             match repo.resolve_ref(&name) {
-                Ok(Some(c)) if repo.has_object(ObjectKind::Commit, &c) => Some(c),
+                Ok(Some(c)) if repo.has_object(ObjectKind::Commit, &c) => {
+                    // A record made under older import rules may lack what they dropped and
+                    // the current ones refuse (device nodes): download the layer again.
+                    let rules = import_rules_of(repo, &c);
+                    if rules < IMPORT_RULES_VERSION {
+                        log::info!(
+                            "{name} was recorded under import rules v{rules}, this agent applies \
+                             v{IMPORT_RULES_VERSION}: downloading the layer again"
+                        );
+                        return None;
+                    }
+                    Some(c)
+                }
                 Ok(_) => None,
                 Err(e) => {
                     log::warn!("reading {name}: {e:#}; downloading the layer");

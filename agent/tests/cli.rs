@@ -440,3 +440,154 @@ fn upgrade_check_download_only_then_deploy() {
     let o = otter(&sr, &["upgrade", "--check", "--no-signature-verification"]);
     assert_eq!(o.status.code(), Some(77));
 }
+
+/// The manifest digest (hex) of `tag` in an OCI layout.
+fn manifest_hex(layout: &Path, tag: &str) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("sha256:")
+        .unwrap()
+        .to_owned()
+}
+
+/// Plant `otter/image/<hex>` → a commit of `tree_of`'s tree recorded with import rules v1, as
+/// an agent of the first rules would have left it; returns the commit.
+fn plant_v1_import(sr: &Path, hex: &str, tree_of: &str) -> String {
+    use otter::ostree::{MetaValue, Repo};
+    let repo = Repo::open(&sr.join("ostree/repo")).unwrap();
+    let src = repo.read_commit(&tree_of.parse().unwrap()).unwrap();
+    let mut meta: Vec<(String, MetaValue)> = src
+        .metadata
+        .iter()
+        .filter(|(k, _)| k != "otter.import-rules" && k != "otter.image.digest")
+        .cloned()
+        .collect();
+    meta.push((
+        "otter.image.digest".into(),
+        MetaValue::Str(format!("sha256:{hex}")),
+    ));
+    meta.push(("otter.import-rules".into(), MetaValue::U64(1)));
+    let c = repo
+        .transaction()
+        .unwrap()
+        .commit(
+            "imported under rules v1",
+            "",
+            meta,
+            None,
+            1_700_000_000,
+            &src.root_tree,
+            &src.root_meta,
+        )
+        .unwrap();
+    repo.set_ref(&format!("otter/image/{hex}"), Some(&c))
+        .unwrap();
+    c.to_hex()
+}
+
+/// An image imported under import rules v1 is never reused by an agent with newer rules: it is
+/// imported again (the deployed commit records the current rules), and an image the current
+/// rules refuse (a setuid file in /etc) fails with the policy error instead of deploying the
+/// old commit.
+#[test]
+fn images_imported_under_older_import_rules_are_imported_again() {
+    let t = Tmpfs::new();
+    let layout = build_images(t.path());
+    // v3: v2 plus a setuid file in /etc (accepted by rules v1, refused since v2).
+    let v3 = format!("{}:v3", layout.display());
+    let bundle = t.path().join("bundle-3");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:v2", layout.display()))
+        .arg(&bundle));
+    let evil = bundle.join("rootfs/etc/evil");
+    fs::write(&evil, b"#!/bin/sh\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&evil, fs::Permissions::from_mode(0o4755)).unwrap();
+    }
+    run(Command::new("umoci")
+        .args(["repack", "--image", &v3])
+        .arg(&bundle));
+
+    let sr = t.path().join("sysroot");
+    let nosig = "--no-signature-verification";
+    ok(&otter(
+        &sr,
+        &["install", nosig, &format!("oci:{}:v1", layout.display())],
+    ));
+    let v1_commit = admin_status_list(&sr)[0]
+        .1
+        .split('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    let v1_list = admin_status_list(&sr);
+    let repo_arg = format!("--repo={}", sr.join("ostree/repo").display());
+    let rules_of = |c: &str| {
+        ostree(&[
+            &repo_arg,
+            "show",
+            "--print-metadata-key=otter.import-rules",
+            c,
+        ])
+        .trim()
+        .to_owned()
+    };
+    let rules_lib = |c: &str| {
+        let repo = otter::ostree::Repo::open(&sr.join("ostree/repo")).unwrap();
+        otter::update::import_rules_of(&repo, &c.parse().unwrap())
+    };
+    assert_eq!(rules_lib(&v1_commit), otter::import::IMPORT_RULES_VERSION);
+
+    // v2 "imported" earlier under rules v1: switching to it imports it again.
+    let stale = plant_v1_import(&sr, &manifest_hex(&layout, "v2"), &v1_commit);
+    let stale_rules = rules_of(&stale);
+    assert_ne!(stale_rules, rules_of(&v1_commit));
+    let o = otter(
+        &sr,
+        &[
+            "-v",
+            "switch",
+            nosig,
+            &format!("oci:{}:v2", layout.display()),
+        ],
+    );
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("under import rules v1") && err.contains("importing it again"),
+        "{err}"
+    );
+    let list = admin_status_list(&sr);
+    let deployed = list[0].1.split('.').next().unwrap().to_owned();
+    assert_ne!(deployed, stale, "the v1-rules commit was reused");
+    // (`ostree show` prints metadata integers byte-swapped; compare as it prints them.)
+    assert_eq!(rules_of(&deployed), rules_of(&v1_commit));
+    assert_eq!(rules_lib(&deployed), otter::import::IMPORT_RULES_VERSION);
+    // The planted commit holds v1's tree: reusing it would deploy TestOS 1.
+    let os = fs::read_to_string(
+        sr.join(format!("ostree/deploy/{}/deploy/{}", list[0].0, list[0].1))
+            .join("usr/lib/os-release"),
+    )
+    .unwrap();
+    assert!(os.contains("TestOS 2"), "not the v2 tree: {os}");
+    let v2_list = admin_status_list(&sr);
+    assert_ne!(v2_list, v1_list);
+
+    // v3 "imported" under rules v1 (planted with v2's tree): the current rules refuse it.
+    plant_v1_import(&sr, &manifest_hex(&layout, "v3"), &deployed);
+    let o = otter(&sr, &["switch", nosig, &format!("oci:{v3}")]);
+    assert!(!o.status.success(), "deployed an image the rules refuse");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("setuid") && err.contains("etc/evil"), "{err}");
+    assert_eq!(admin_status_list(&sr), v2_list, "deployments changed");
+}

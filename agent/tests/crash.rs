@@ -8,6 +8,11 @@
 //!   complete new one;
 //! * rerunning the operation completes.
 //!
+//! Operations: import+commit, `otter install`, `otter switch`, `otter rollback`, a delta apply
+//! (A → B from a delta artifact in an OCI layout: the rerun must give B's exact tree and skip the
+//! parts already complete), a journaled blob download from a loopback `docker-registry` (the
+//! rerun must fetch exactly the bytes not yet journaled) and the boot-count environment writes.
+//!
 //! Every operation is first run once with `OTTER_CRASH_LOG` to count its crash points; the points
 //! tried are spread evenly over them (all of them when there are fewer than the budget). The same
 //! mechanism injects EIO (`OTTER_CRASH_AT=N:eio`): the operation must fail with the error, and
@@ -18,6 +23,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod deploy_util;
+mod source_util;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -33,6 +39,8 @@ const OTTER: &str = env!("CARGO_BIN_EXE_otter");
 const KILL_POINTS: u64 = 100;
 /// EIO points tried per operation; `OTTER_CRASH_EIO_POINTS` overrides it.
 const EIO_POINTS: u64 = 20;
+/// Journal chunk size of the download operation (small, so a 1 MiB blob has many chunks).
+const FETCH_CHUNK: u64 = 16 * 1024;
 
 fn budget(var: &str, default: u64) -> u64 {
     std::env::var(var)
@@ -67,6 +75,38 @@ fn crash_child() {
         println!("boot env done");
         return;
     }
+    if let Some(rest) = spec.strip_prefix("delta|") {
+        let v: Vec<&str> = rest.split('|').collect();
+        match child_delta(v[0], v[1], v[2], v[3]) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    if let Some(rest) = spec.strip_prefix("fetch|") {
+        let (reference, blob_dir) = rest.split_once('|').unwrap();
+        // Warnings (a failed best-effort removal) to stderr, where the harness looks for EIO.
+        let _ = env_logger::Builder::new()
+            .filter_level(log::LevelFilter::Warn)
+            .try_init();
+        let res = (|| -> anyhow::Result<()> {
+            let mut opts = source_util::test_opts(Path::new(blob_dir));
+            opts.chunk_size = FETCH_CHUNK;
+            opts.concurrency = 1;
+            let mut src = otter::source::open(&reference.parse()?, &opts)?;
+            let resolved = src.resolve()?;
+            src.prefetch(&resolved.manifest.layers)
+        })();
+        if let Err(e) = res {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        println!("fetched");
+        return;
+    }
     let (repo, tar) = spec.split_once('|').unwrap();
     let repo = otter::ostree::Repo::open(Path::new(repo)).unwrap();
     let mut imp = otter::import::Importer::new(&repo);
@@ -88,6 +128,11 @@ fn crash_child() {
 }
 
 fn child_import(repo: &Path, tar: &Path, crash: Option<&str>, log: Option<&Path>) -> Output {
+    child(&format!("{}|{}", repo.display(), tar.display()), crash, log)
+}
+
+/// Run the child half of the harness with `spec` (see [`crash_child`]).
+fn child(spec: &str, crash: Option<&str>, log: Option<&Path>) -> Output {
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.args([
         "--exact",
@@ -96,9 +141,44 @@ fn child_import(repo: &Path, tar: &Path, crash: Option<&str>, log: Option<&Path>
         "--nocapture",
         "--test-threads=1",
     ])
-    .env(CHILD_ENV, format!("{}|{}", repo.display(), tar.display()));
+    .env(CHILD_ENV, spec);
     env_crash(&mut c, crash, log);
     c.output().unwrap()
+}
+
+/// Child side of the delta operation: rebuild the tree of `oci:LAYOUT:v2` from its delta
+/// artifact on top of commit `base` in `repo` (as `update::try_delta` does), write a commit over
+/// it and set `otter/b`. Prints what `apply` reported.
+fn child_delta(
+    repo: &str,
+    layout: &str,
+    base: &str,
+    booted_digest: &str,
+) -> anyhow::Result<String> {
+    let repo = otter::ostree::Repo::open(Path::new(repo))?;
+    let base: otter::ostree::Checksum = base.parse()?;
+    let opts = otter::source::SourceOptions {
+        blob_dir: Path::new(layout).join("no-blobs"),
+        ..Default::default()
+    };
+    let mut src = otter::source::open(&format!("oci:{layout}:v2").parse()?, &opts)?;
+    let target = src.resolve()?.manifest_digest;
+    let applied = otter::delta::apply_from_source(&repo, &mut *src, &target, booted_digest, &base)?
+        .ok_or_else(|| anyhow::anyhow!("no delta found for {target}"))?;
+    let c = repo.transaction()?.commit(
+        "delta crash test",
+        "",
+        vec![],
+        None,
+        1_800_000_000,
+        &applied.root_tree,
+        &applied.root_meta,
+    )?;
+    repo.set_ref("otter/b", Some(&c))?;
+    Ok(format!(
+        "content {} applied {} skipped {} bytes {}",
+        applied.content, applied.parts_applied, applied.parts_skipped, applied.bytes_read
+    ))
 }
 
 fn child_boot(backend: &str, crash: Option<&str>, log: Option<&Path>) -> Output {
@@ -786,6 +866,9 @@ fn crash_suite() {
         true,
     ));
 
+    rows.push(delta_apply(work, &layout));
+    rows.push(download(work));
+
     // Boot-count environments: a GRUB env block and a redundant U-Boot env (two copies).
     rows.push(boot_env(work, "grubenv arm+mark-good", &|d: &Path| {
         let env = d.join("grubenv");
@@ -889,4 +972,404 @@ fn tar_small(work: &Path) -> PathBuf {
 
 fn crc32(data: &[u8]) -> u32 {
     otter_boot::uboot::crc32(data)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delta apply and download.
+
+/// Import every layer of `image` into `repo` with the importer (as a device or the publisher
+/// does); returns the commit and the manifest digest.
+fn import_image(repo: &otter::ostree::Repo, image: &str) -> (otter::ostree::Checksum, String) {
+    let opts = otter::source::SourceOptions::default();
+    let mut src = otter::source::open(&image.parse().unwrap(), &opts).unwrap();
+    let resolved = src.resolve().unwrap();
+    let mut imp = otter::import::Importer::new(repo);
+    for l in &resolved.manifest.layers {
+        let mut r = src.open_blob(l).unwrap();
+        imp.apply_layer(&l.media_type, &mut r).unwrap();
+    }
+    let done = imp.commit(image, vec![], None).unwrap();
+    (done.commit, resolved.manifest_digest)
+}
+
+/// What the delta child printed: (content, applied, skipped, bytes).
+fn delta_report(o: &Output) -> Option<(String, usize, usize, u64)> {
+    let out = String::from_utf8_lossy(&o.stdout);
+    // (libtest prints "test crash_child ... " in front of the child's first line)
+    let line = out
+        .lines()
+        .find_map(|l| l.split_once("content ").map(|x| x.1))?;
+    let w: Vec<&str> = ["content"]
+        .into_iter()
+        .chain(line.split_whitespace())
+        .collect();
+    Some((
+        w.get(1)?.to_string(),
+        w.get(3)?.parse().ok()?,
+        w.get(5)?.parse().ok()?,
+        w.get(7)?.parse().ok()?,
+    ))
+}
+
+/// Delta apply A → B from a delta artifact attached to B in an OCI layout (published with
+/// `otter-publish`'s generator and `attach`, small parts so there are many). Killed and failed
+/// with EIO at spread points; afterwards the repo is clean and A untouched, and a rerun ends in
+/// B's exact tree — the content checksum a layer import of B gives — skipping every part whose
+/// objects were already complete and reading only the others.
+fn delta_apply(work: &Path, images: &Path) -> Row {
+    use otter::delta;
+    use otter::ostree::{ObjectKind, Repo, RepoMode};
+    let layout = work.join("delta-layout");
+    cp_a(images, &layout);
+    let v1 = format!("oci:{}:v1", layout.display());
+    let v2 = format!("oci:{}:v2", layout.display());
+    // B = v2 plus 32 new incompressible 2 KiB files, so the delta has several parts.
+    let bundle = work.join("delta-bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &v2[4..]])
+        .arg(&bundle));
+    let extra = bundle.join("rootfs/usr/share/extra");
+    fs::create_dir_all(&extra).unwrap();
+    for i in 0..32u64 {
+        fs::write(
+            extra.join(format!("f{i}")),
+            source_util::random_bytes(2048, 100 + i),
+        )
+        .unwrap();
+    }
+    run(Command::new("umoci")
+        .args(["repack", "--image", &v2[4..]])
+        .arg(&bundle));
+    fs::remove_dir_all(&bundle).unwrap();
+
+    // Publisher: both images imported from their layers; the delta between them.
+    let publ = Repo::init(&work.join("delta-publisher"), RepoMode::BareUser).unwrap();
+    let (a_pub, from_digest) = import_image(&publ, &v1);
+    let (b_pub, to_digest) = import_image(&publ, &v2);
+    let want = publ
+        .read_commit(&b_pub)
+        .unwrap()
+        .content_checksum()
+        .to_hex();
+    let dir = work.join("delta-dir");
+    let opts = delta::GenerateOptions {
+        max_part_size: 8192,
+        level: 3,
+        patch_level: 3,
+        ..Default::default()
+    };
+    let summary = delta::generate_with(&publ, &a_pub, &b_pub, &dir, &opts).unwrap();
+    assert!(
+        summary.parts >= 4,
+        "too few parts for the test: {summary:?}"
+    );
+    otter::publish::delta::attach(&v2, &to_digest, &from_digest, &summary, &dir, false).unwrap();
+    let sb = delta::read_superblock(&mut delta::DirStore::new(&dir)).unwrap();
+
+    // Device: A imported from its layers (its own commit), nothing of B.
+    let pristine = work.join("delta-pristine");
+    let dev = Repo::init(&pristine, RepoMode::BareUser).unwrap();
+    let (a, _) = import_image(&dev, &v1);
+    dev.set_ref("otter/a", Some(&a)).unwrap();
+    drop(dev);
+    let spec = |r: &Path| {
+        format!(
+            "delta|{}|{}|{a}|{from_digest}",
+            r.display(),
+            layout.display()
+        )
+    };
+
+    let r = work.join("delta-ref");
+    cp_a(&pristine, &r);
+    let log = work.join("delta.log");
+    let o = child(&spec(&r), None, Some(&log));
+    assert!(o.status.success(), "reference delta apply: {}", text(&o));
+    let (content, applied, _, _) = delta_report(&o).unwrap();
+    assert_eq!(
+        content, want,
+        "the delta built another tree than the layers"
+    );
+    assert_eq!(applied, sb.parts.len());
+    let total = count_points(&log);
+    let mut row = Row::new("delta apply", total);
+
+    let check = |r: &Path, b_allowed: bool| -> Result<(), String> {
+        fsck(r)?;
+        let refs = our_refs(r)?;
+        if !refs.iter().any(|(n, c)| n == "otter/a" && *c == a) {
+            return Err(format!("otter/a changed: {refs:?}"));
+        }
+        if !b_allowed && refs.iter().any(|(n, _)| n == "otter/b") {
+            return Err("otter/b set by a failed apply".into());
+        }
+        Ok(())
+    };
+    // Parts whose objects are all in the repo (a rerun must skip exactly these).
+    let complete = |r: &Path| -> Vec<usize> {
+        let repo = Repo::open(r).unwrap();
+        (0..sb.parts.len())
+            .filter(|&i| {
+                sb.parts[i]
+                    .objects
+                    .iter()
+                    .all(|c| repo.has_object(ObjectKind::File, c))
+            })
+            .collect()
+    };
+    let rerun = |r: &Path| -> Result<(), String> {
+        let done = complete(r);
+        let repo = Repo::open(r).unwrap();
+        let progress = delta::progress_path(&repo, &sb.from, &sb.to);
+        let recorded: Vec<usize> = fs::read_to_string(&progress)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        if let Some(p) = recorded.iter().find(|p| !done.contains(p)) {
+            return Err(format!("part {p} recorded as applied but incomplete"));
+        }
+        let o = child(&spec(r), None, None);
+        let Some((content, applied, skipped, bytes)) = delta_report(&o) else {
+            return Err(format!("rerun failed: {}", text(&o)));
+        };
+        if content != want {
+            return Err(format!("rerun built tree {content}, want {want}"));
+        }
+        let rest: u64 = (0..sb.parts.len())
+            .filter(|i| !done.contains(i))
+            .map(|i| sb.parts[i].size)
+            .sum();
+        if skipped != done.len() || applied != sb.parts.len() - done.len() || bytes != rest {
+            return Err(format!(
+                "rerun applied {applied} parts ({bytes} bytes) and skipped {skipped}; {} of {} \
+                 were complete, {rest} bytes left: finished parts were read again",
+                done.len(),
+                sb.parts.len()
+            ));
+        }
+        if progress.exists() {
+            return Err("progress record left after a complete apply".into());
+        }
+        check(r, true)
+    };
+    for n in spread(total, budget("OTTER_CRASH_KILL_POINTS", KILL_POINTS)) {
+        let r = work.join(format!("delta-k{n}"));
+        cp_a(&pristine, &r);
+        let o = child(&spec(&r), Some(&n.to_string()), None);
+        let res = (|| {
+            if !killed(&o) {
+                return Err(format!("not killed: {}", text(&o)));
+            }
+            check(&r, true)?;
+            rerun(&r)
+        })();
+        row.kill(n, res);
+        fs::remove_dir_all(&r).unwrap();
+    }
+    for n in spread(total, budget("OTTER_CRASH_EIO_POINTS", EIO_POINTS)) {
+        let r = work.join(format!("delta-e{n}"));
+        cp_a(&pristine, &r);
+        let o = child(&spec(&r), Some(&format!("{n}:eio")), None);
+        let res = (|| {
+            eio_reported(&o)?;
+            // An EIO at the final fsync of the directory of `otter/b` fails the run after the
+            // ref's rename: then the ref is there, and must name B's tree (fsck vouches for it).
+            check(&r, true)?;
+            let b = our_refs(&r)?.into_iter().find(|(n, _)| n == "otter/b");
+            if let Some((_, c)) = b {
+                let got = Repo::open(&r)
+                    .and_then(|repo| repo.read_commit(&c))
+                    .map(|c| c.content_checksum().to_hex())
+                    .map_err(|e| format!("{e:#}"))?;
+                if o.status.success() || got != want {
+                    return Err(format!("otter/b names tree {got} after a failed apply"));
+                }
+            }
+            let staging: Vec<String> = fs::read_dir(r.join("tmp"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "cache") // made by the `ostree fsck` above
+                .collect();
+            if !staging.is_empty() {
+                return Err(format!("staging entries left in tmp/: {staging:?}"));
+            }
+            rerun(&r)
+        })();
+        row.eio(n, res);
+        fs::remove_dir_all(&r).unwrap();
+    }
+    row
+}
+
+/// Download of a 1 MiB blob from a loopback `docker-registry` (through a counting proxy) into
+/// a blob directory with 16 KiB journal chunks. After a kill at point N the journal holds every
+/// chunk journaled before N, and the rerun fetches exactly the rest (resume, never restart);
+/// after EIO the same.
+fn download(work: &Path) -> Row {
+    use source_util::proxy::{Faults, Proxy};
+    use source_util::{random_bytes, skopeo_push, tar_of, write_image, write_index};
+    let reg = source_util::Registry::start(
+        &work.join("fetch-registry"),
+        source_util::RegistryOpts {
+            tls: None,
+            htpasswd: None,
+        },
+    );
+    let layout = work.join("fetch-layout");
+    let img = write_image(
+        &layout,
+        "amd64",
+        "1.0",
+        &[(
+            source_util::LAYER_TAR,
+            tar_of(&[("usr/lib/blob.bin", random_bytes(1 << 20, 11))]),
+        )],
+    );
+    write_index(&layout, &[source_util::tagged(&img.manifest, "v1")]);
+    skopeo_push(
+        &layout,
+        "v1",
+        &format!("docker://{}/os/fetch:v1", reg.host()),
+        &[],
+    );
+    let blob = img.layers[0].clone();
+    let hex = blob.digest.strip_prefix("sha256:").unwrap().to_owned();
+    let proxy = Proxy::start(
+        reg.port,
+        Faults {
+            target: hex.clone(),
+            ..Default::default()
+        },
+    );
+    let reference = format!("docker://127.0.0.1:{}/os/fetch:v1", proxy.port);
+    let spec = |d: &Path| format!("fetch|{reference}|{}", d.display());
+    // Bytes the proxy served, once the sender of a killed client has given up.
+    let settled = || {
+        let mut last = proxy.served();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            let now = proxy.served();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let check_blob = |d: &Path| -> Result<(), String> {
+        let data = fs::read(d.join(&hex)).map_err(|e| format!("blob missing: {e}"))?;
+        if source_util::sha(&data) != blob.digest {
+            return Err("blob has the wrong digest".into());
+        }
+        let left: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains('.'))
+            .collect();
+        if !left.is_empty() {
+            return Err(format!("download state left behind: {left:?}"));
+        }
+        Ok(())
+    };
+    let journaled = |d: &Path| -> Result<Option<u64>, String> {
+        let j = d.join(format!("{hex}.journal"));
+        match fs::read(&j) {
+            Err(_) => Ok(None),
+            Ok(b) => {
+                let v: serde_json::Value = serde_json::from_slice(&b)
+                    .map_err(|e| format!("journal {} unreadable after a kill: {e}", j.display()))?;
+                Ok(Some(
+                    v["chunks"].as_array().map(|a| a.len()).unwrap_or(0) as u64
+                ))
+            }
+        }
+    };
+
+    let log = work.join("fetch.log");
+    let d = work.join("fetch-ref");
+    let before = settled();
+    let o = child(&spec(&d), None, Some(&log));
+    assert!(o.status.success(), "reference download: {}", text(&o));
+    assert_eq!(settled() - before, blob.size, "reference download");
+    check_blob(&d).unwrap();
+    let total = count_points(&log);
+    let whats: Vec<String> = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_once(' ').map(|x| x.1).unwrap_or("").to_owned())
+        .collect();
+    // The config blob is fetched first (by resolve); the layer's download starts at the last
+    // "open partial".
+    let layer_start = whats.iter().rposition(|w| w == "open partial").unwrap();
+    let renames_in = |to: usize| {
+        whats[layer_start..to.max(layer_start)]
+            .iter()
+            .filter(|w| *w == "rename")
+            .count()
+    };
+    let renames_total = renames_in(whats.len());
+    let mut row = Row::new("download (journal)", total);
+    // After a kill or failure at point n: the rerun fetches exactly the bytes not journaled.
+    // Renames are the journal saves (the first one, before any data, records the ETag) and,
+    // last, the blob's own rename into place.
+    let resume = |d: &Path, n: u64| -> Result<(), String> {
+        let renames = renames_in((n - 1) as usize);
+        let expect_chunks = renames.saturating_sub(1) as u64;
+        let complete = renames == renames_total;
+        let chunks = journaled(d)?;
+        if !complete && renames > 0 && chunks != Some(expect_chunks) {
+            return Err(format!(
+                "journal holds {chunks:?} chunks, {expect_chunks} were journaled before point {n}"
+            ));
+        }
+        let want = if complete {
+            0
+        } else {
+            blob.size - (expect_chunks * FETCH_CHUNK).min(blob.size)
+        };
+        let before = settled();
+        let o = child(&spec(d), None, None);
+        if !o.status.success() {
+            return Err(format!("rerun failed: {}", text(&o)));
+        }
+        let fetched = settled() - before;
+        if fetched != want {
+            return Err(format!(
+                "rerun fetched {fetched} bytes, {want} were missing (point {n})"
+            ));
+        }
+        check_blob(d)
+    };
+    for n in spread(total, budget("OTTER_CRASH_KILL_POINTS", KILL_POINTS)) {
+        let d = work.join(format!("fetch-k{n}"));
+        let o = child(&spec(&d), Some(&n.to_string()), None);
+        let res = (|| {
+            if !killed(&o) {
+                return Err(format!("not killed: {}", text(&o)));
+            }
+            resume(&d, n)
+        })();
+        row.kill(n, res);
+        let _ = fs::remove_dir_all(&d);
+    }
+    for n in spread(total, budget("OTTER_CRASH_EIO_POINTS", EIO_POINTS)) {
+        let d = work.join(format!("fetch-e{n}"));
+        let o = child(&spec(&d), Some(&format!("{n}:eio")), None);
+        let res = (|| {
+            eio_reported(&o)?;
+            if o.status.success() {
+                // Only the best-effort journal removal after the blob is in place may fail
+                // (logged); the blob must be there and a rerun tidies up.
+                if !d.join(&hex).is_file() {
+                    return Err("download reported success without the blob".into());
+                }
+            }
+            resume(&d, n)
+        })();
+        row.eio(n, res);
+        let _ = fs::remove_dir_all(&d);
+    }
+    drop(proxy);
+    drop(reg);
+    row
 }

@@ -470,3 +470,83 @@ fn broken_layer_record_falls_back_to_download() {
     assert_ne!(now.trim(), c1, "the broken record must be replaced");
     ostree(&["fsck", &repo_arg(&sr)]);
 }
+
+/// A layer record made under older import rules is not replayed (it may lack what those rules
+/// dropped and the current ones refuse): the layer is downloaded and recorded again.
+#[test]
+fn layer_record_under_older_import_rules_is_downloaded_again() {
+    use otter::ostree::{MetaValue, Repo};
+    let t = Tmpfs::new();
+    let layout = build_images(t.path());
+    let (_, diffs1) = layers_of(&layout, "v1");
+    let sr = t.path().join("sysroot");
+    ok(&otter(
+        &sr,
+        &[
+            "install",
+            "--no-signature-verification",
+            "--stateroot=testos",
+            &format!("oci:{}:v1", layout.display()),
+        ],
+    ));
+    // Re-record the shared base layer as an agent of import rules v1 would have.
+    let base = layer_ref(&diffs1[0]);
+    let planted = {
+        let repo = Repo::open(&sr.join("ostree/repo")).unwrap();
+        let old = repo
+            .read_commit(
+                &ostree(&["rev-parse", &repo_arg(&sr), &base])
+                    .trim()
+                    .parse()
+                    .unwrap(),
+            )
+            .unwrap();
+        let meta: Vec<(String, MetaValue)> = old
+            .metadata
+            .iter()
+            .map(|(k, v)| match k.as_str() {
+                "otter.import-rules" => (k.clone(), MetaValue::U64(1)),
+                _ => (k.clone(), v.clone()),
+            })
+            .collect();
+        let c = repo
+            .transaction()
+            .unwrap()
+            .commit(
+                &old.subject,
+                "",
+                meta,
+                None,
+                1_700_000_000,
+                &old.root_tree,
+                &old.root_meta,
+            )
+            .unwrap();
+        repo.set_ref(&base, Some(&c)).unwrap();
+        assert_eq!(otter::update::import_rules_of(&repo, &c), 1);
+        c.to_hex()
+    };
+    let o = otter(
+        &sr,
+        &[
+            "-v",
+            "switch",
+            "--no-signature-verification",
+            &format!("oci:{}:v2", layout.display()),
+        ],
+    );
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("recorded under import rules v1") && err.contains("downloading the layer"),
+        "{err}"
+    );
+    let now = ostree(&["rev-parse", &repo_arg(&sr), &base]);
+    assert_ne!(now.trim(), planted, "the v1-rules record was replayed");
+    let repo = Repo::open(&sr.join("ostree/repo")).unwrap();
+    assert_eq!(
+        otter::update::import_rules_of(&repo, &now.trim().parse().unwrap()),
+        otter::import::IMPORT_RULES_VERSION
+    );
+    ostree(&["fsck", &repo_arg(&sr)]);
+}

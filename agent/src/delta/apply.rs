@@ -141,7 +141,7 @@ pub fn apply(repo: &Repo, store: &mut dyn DeltaStore, base: &Checksum) -> Result
         write_progress(&progress, &recorded)?;
     }
     finish(repo, &sb).with_context(|| format!("writing tree {to} from the delta"))?;
-    match fs::remove_file(&progress) {
+    match crate::fsutil::crash_point("unlink").and_then(|()| fs::remove_file(&progress)) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("deleting {}", progress.display())),
@@ -162,7 +162,9 @@ fn write_progress(p: &Path, done: &HashSet<usize>) -> Result<()> {
     v.sort_unstable();
     let text: String = v.iter().map(|i| format!("{i}\n")).collect();
     if let Some(dir) = p.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if !dir.is_dir() {
+            crate::fsutil::create_dir_all(dir)?;
+        }
     }
     write_atomic(p, text.as_bytes(), 0o644)
 }

@@ -13,12 +13,16 @@ use sha2::{Digest as _, Sha256};
 
 use super::client::{error_text, header, is_retryable_status, retry_after, RegistryClient};
 use super::{error_class, ErrorClass, NetworkError, NoSpace, RateLimiter, RetryPolicy};
+use crate::fsutil;
 use crate::progress::{Event, Progress};
 use crate::source::digest::{hex, sha256_hex};
 use crate::source::{Descriptor, SourceOptions, VerificationError};
 
 /// Read buffer per download.
 const BUF_SIZE: usize = 64 * 1024;
+/// Writes to the partial file pass a crash point (`crate::fsutil`) once per this many bytes of
+/// the blob (at aligned offsets).
+const WRITE_UNIT: u64 = 64 * 1024;
 /// Journal format version.
 const JOURNAL_VERSION: u32 = 1;
 /// Largest journal we read (a chunk hash list for a multi-GiB blob is still far below this).
@@ -60,7 +64,7 @@ impl BlobFetcher {
         repo: &str,
         opts: &SourceOptions,
     ) -> Result<BlobFetcher> {
-        fs::create_dir_all(&opts.blob_dir)
+        fsutil::create_dir_all(&opts.blob_dir)
             .with_context(|| format!("creating blob directory {}", opts.blob_dir.display()))?;
         Ok(BlobFetcher {
             client,
@@ -88,11 +92,23 @@ impl BlobFetcher {
         }
     }
 
+    /// Whether the complete blob is in place. Download state a crash left next to it (the
+    /// journal is removed after the blob's rename) is removed then.
     fn is_complete(&self, desc: &Descriptor) -> Result<bool> {
         let p = self.blob_path(&desc.digest)?;
-        Ok(fs::metadata(&p)
+        let complete = fs::metadata(&p)
             .map(|m| m.is_file() && m.len() == desc.size)
-            .unwrap_or(false))
+            .unwrap_or(false);
+        if complete {
+            let hex = sha256_hex(&desc.digest)?;
+            for ext in ["journal", "journal.tmp", "partial"] {
+                let stale = self.dir.join(format!("{hex}.{ext}"));
+                if stale.symlink_metadata().is_ok() {
+                    remove_warn(&stale);
+                }
+            }
+        }
+        Ok(complete)
     }
 
     /// Bytes already on disk for an incomplete blob (partial file, counted optimistically).
@@ -199,7 +215,7 @@ pub fn remove_blob(dir: &Path, digest: &str) -> Result<()> {
         format!("{hex}.journal"),
     ] {
         let p = dir.join(&name);
-        match fs::remove_file(&p) {
+        match fsutil::crash_point("unlink").and_then(|()| fs::remove_file(&p)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
@@ -231,12 +247,6 @@ fn check_space(dir: &Path, need: u64) -> Result<()> {
         .into());
     }
     Ok(())
-}
-
-fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// What a response said about where its body starts.
@@ -288,12 +298,15 @@ impl Download {
             }
             _ => fresh,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&partial)
+        let file = fsutil::crash_point("open partial")
+            .and_then(|()| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&partial)
+            })
             .with_context(|| format!("opening {}", partial.display()))?;
         let mut dl = Download {
             desc: desc.clone(),
@@ -349,8 +362,8 @@ impl Download {
         }
         self.journal.chunks.truncate(good);
         self.offset = (good as u64 * cs).min(self.desc.size);
-        self.file
-            .set_len(self.offset)
+        fsutil::crash_point("truncate")
+            .and_then(|()| self.file.set_len(self.offset))
             .with_context(|| format!("truncating {}", self.partial.display()))?;
         self.file.seek(SeekFrom::Start(self.offset))?;
         if self.offset > 0 {
@@ -386,25 +399,29 @@ impl Download {
         self.offset = 0;
         self.hasher = Sha256::new();
         self.chunk_hasher = Sha256::new();
-        self.file.set_len(0)?;
+        fsutil::crash_point("truncate")
+            .and_then(|()| self.file.set_len(0))
+            .with_context(|| format!("truncating {}", self.partial.display()))?;
         self.file.seek(SeekFrom::Start(0))?;
         self.save_journal()
     }
 
     fn discard(&mut self) {
-        let _ = fs::remove_file(&self.partial);
-        let _ = fs::remove_file(&self.journal_path);
+        for p in [&self.partial, &self.journal_path] {
+            let _ = fsutil::crash_point("unlink").and_then(|()| fs::remove_file(p));
+        }
     }
 
+    /// Replace the journal: a temp file next to it (a fixed name, so a crash leaves at most one,
+    /// overwritten next time), fsync, rename. The directory is not synced: a journal rename lost
+    /// in a power cut only means resuming from an older, still valid journal.
     fn save_journal(&self) -> Result<()> {
         let tmp = self.journal_path.with_extension("journal.tmp");
         let data = serde_json::to_vec(&self.journal)?;
-        let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&data)?;
-        f.sync_data()?;
-        fs::rename(&tmp, &self.journal_path)
-            .with_context(|| format!("renaming {} into place", tmp.display()))?;
-        Ok(())
+        let mut f = fsutil::create(&tmp)?;
+        fsutil::write_all(&mut f, &data, &tmp)?;
+        fsutil::fsync_data(&f, &tmp)?;
+        fsutil::rename(&tmp, &self.journal_path)
     }
 
     /// Append bytes that belong at `self.offset`.
@@ -419,21 +436,27 @@ impl Download {
             .into());
         }
         while !data.is_empty() {
+            // Pieces end at chunk and WRITE_UNIT boundaries; a crash point precedes each piece
+            // that starts a unit, so their number depends on the blob, not on how the network
+            // split it into reads (the crash harness kills at the same place every run).
             let in_chunk = self.offset % cs;
-            let n = ((cs - in_chunk) as usize).min(data.len());
+            let in_unit = self.offset % WRITE_UNIT;
+            let n = ((cs - in_chunk).min(WRITE_UNIT - in_unit) as usize).min(data.len());
             let (now, rest) = data.split_at(n);
-            self.file
-                .write_all(now)
-                .with_context(|| format!("writing {}", self.partial.display()))?;
+            if in_unit == 0 {
+                fsutil::write_all(&mut self.file, now, &self.partial)?;
+            } else {
+                self.file
+                    .write_all(now)
+                    .with_context(|| format!("writing {}", self.partial.display()))?;
+            }
             self.hasher.update(now);
             self.chunk_hasher.update(now);
             self.offset += n as u64;
             data = rest;
             if self.offset.is_multiple_of(cs) {
                 // a chunk is complete: make it durable, then record it
-                self.file
-                    .sync_data()
-                    .with_context(|| format!("syncing {}", self.partial.display()))?;
+                fsutil::fsync_data(&self.file, &self.partial)?;
                 let h = std::mem::take(&mut self.chunk_hasher);
                 self.journal.chunks.push(hex(&h.finalize()));
                 self.save_journal()?;
@@ -676,18 +699,10 @@ impl Download {
             );
             return Ok(false);
         }
-        self.file
-            .sync_all()
-            .with_context(|| format!("syncing {}", self.partial.display()))?;
-        fs::rename(&self.partial, &self.done).with_context(|| {
-            format!(
-                "renaming {} to {}",
-                self.partial.display(),
-                self.done.display()
-            )
-        })?;
-        fsync_dir(&self.dir)?;
-        let _ = fs::remove_file(&self.journal_path);
+        fsutil::fsync(&self.file, &self.partial)?;
+        fsutil::rename(&self.partial, &self.done)?;
+        fsutil::fsync_dir(&self.dir)?;
+        remove_warn(&self.journal_path);
         Ok(true)
     }
 
@@ -717,8 +732,8 @@ impl Download {
             }
             log::info!("blob {}: chunk {i} differed; replaced", self.desc.digest);
             self.file.seek(SeekFrom::Start(start))?;
-            self.file.write_all(&fresh)?;
-            self.file.sync_data()?;
+            fsutil::write_all(&mut self.file, &fresh, &self.partial)?;
+            fsutil::fsync_data(&self.file, &self.partial)?;
             if let Some(h) = self.journal.chunks.get_mut(i as usize) {
                 *h = fresh_hash;
                 self.save_journal()?;
@@ -791,6 +806,14 @@ impl Download {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Remove download state that is no longer needed; a failure only leaves a stale file (removed
+/// with the blob), so it is logged, not returned.
+fn remove_warn(p: &Path) {
+    if let Err(e) = fsutil::remove_file(p) {
+        log::warn!("{e:#}");
     }
 }
 

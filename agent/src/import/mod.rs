@@ -69,8 +69,17 @@ use crate::ostree::{
     content_checksum, Checksum, MetaValue, ObjectKind, Repo, Transaction, MAX_TREE_DEPTH,
 };
 
-/// Version of the rules above; recorded in commits as `otter.import-rules`.
-pub const IMPORT_RULES_VERSION: u64 = 1;
+/// Version of the rules above; recorded in commits as `otter.import-rules` and in release
+/// statements as `import_rules`.
+///
+/// * 1: the first rules (device nodes dropped everywhere, setuid files anywhere, no limits);
+/// * 2: device nodes outside `/dev /proc /sys /run /tmp` refused, setuid/setgid files only
+///   under [`SETID_DIRS`], duplicate entries refused, [`ImportLimits`] and the path limits.
+///   An image accepted by both gives the same tree; v2 only refuses more.
+///
+/// A commit recorded with older rules is not reused for an image (`otter::update`): the image
+/// is imported again under these rules.
+pub const IMPORT_RULES_VERSION: u64 = 2;
 /// Longest accepted path component (Linux NAME_MAX).
 pub const MAX_NAME_LEN: usize = 255;
 /// Deepest accepted path.

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! {"manifest_digest":"sha256:<64 hex>","content_checksum":"<64 hex>","version":"1.2.3",
-//!  "timestamp":1700000000,"board":"rpi4","import_rules":1}
+//!  "timestamp":1700000000,"board":"rpi4","import_rules":2}
 //! ```
 //!
 //! Parsing is strict: the bytes must be exactly the canonical serialisation of what they parse
