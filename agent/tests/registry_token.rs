@@ -567,15 +567,15 @@ fn token_auth_install_and_refused_credentials() {
     ostree(&["fsck", &repo_arg(&sr)]);
 }
 
-/// Tokens the registry stops accepting after 2 s (while the token server says 300 s: a revoked
-/// token or a skewed clock), a 4 MiB layer at a 1 MiB/s bandwidth cap, and a proxy that cuts
-/// the layer's responses every 512 KiB: the resumed requests meet expired tokens, otter gets a
-/// fresh one and goes on where it stopped.
+/// Tokens the registry stops accepting 2–3 s after they are issued (while the token server
+/// says 300 s: a revoked token or a skewed clock), a 4 MiB layer at a 1 MiB/s bandwidth cap,
+/// and a proxy that cuts the layer's responses every 512 KiB: the resumed requests meet
+/// expired tokens, otter gets a fresh one and goes on where it stopped.
 #[test]
 fn token_expiry_mid_download_reauthenticates_and_resumes() {
     require_tool("umoci", "umoci");
     let t = Tmpfs::new();
-    let w = World::new(t.path(), 2, 300);
+    let w = World::new(t.path(), 3, 300);
     let layout = build_images(t.path());
     // tag "big": v1 plus a layer with 4 MiB of incompressible data
     let big = random_bytes(4 << 20, 77);
