@@ -154,6 +154,15 @@ pub(crate) fn parse_challenge(header: &str) -> Result<Challenge> {
     })
 }
 
+/// The `error` auth-param of a challenge (RFC 6750 §3: `invalid_token`, `insufficient_scope`).
+pub(crate) fn challenge_error(header: &str) -> Option<String> {
+    let (_, rest) = header.trim().split_once(' ')?;
+    parse_params(rest)
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("error"))
+        .map(|(_, v)| v)
+}
+
 fn parse_params(s: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let b = s.as_bytes();
@@ -218,6 +227,14 @@ mod tests {
             parse_challenge(r#"Basic realm="x""#).unwrap(),
             Challenge::Basic
         );
+        assert_eq!(
+            challenge_error(
+                r#"Bearer realm="http://r/token",service="s",scope="repository:a:pull",error="insufficient_scope""#
+            )
+            .as_deref(),
+            Some("insufficient_scope")
+        );
+        assert_eq!(challenge_error(r#"Bearer realm="http://r/token""#), None);
         assert!(parse_challenge("Negotiate abc").is_err());
         assert!(parse_challenge(r#"Bearer service="x""#).is_err());
     }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use ureq::http::Response;
 use ureq::Body;
 
-use super::auth::{load_auth_file, parse_challenge, Challenge, Credentials};
+use super::auth::{challenge_error, load_auth_file, parse_challenge, Challenge, Credentials};
 use super::{NetworkError, RetryPolicy};
 use crate::source::oci::{MANIFEST_ACCEPT, MAX_MANIFEST_SIZE};
 use crate::source::SourceOptions;
@@ -344,6 +344,21 @@ impl RegistryClient {
             let www = header(&resp, "www-authenticate");
             let detail = error_text(&mut resp);
             if reauthed {
+                if let Some(err) = www.as_deref().and_then(challenge_error) {
+                    if err == "invalid_token" {
+                        bail!(
+                            "registry {} does not accept the token it just got for {repo} (HTTP 401 invalid_token: {detail}); the token server and the registry disagree (issuer, service, signing certificate) or a clock is wrong",
+                            self.host
+                        );
+                    }
+                    if err == "insufficient_scope" {
+                        bail!(
+                            "registry {} refused access to {repo} (HTTP 401 insufficient_scope: {detail}): the token server did not grant {scope} to {}; give the account pull access to {repo}",
+                            self.host,
+                            self.creds.as_ref().map(|c| format!("account {:?}", c.username)).unwrap_or_else(|| "anonymous users".to_string())
+                        );
+                    }
+                }
                 bail!(
                     "registry {} refused access to {repo} (HTTP 401: {detail}){}",
                     self.host,

@@ -110,6 +110,31 @@ impl Registry {
                 h.display()
             );
         }
+        Registry::serve(dir, port, cfg)
+    }
+
+    /// A plain-HTTP registry with distribution's token auth (`auth.token`): `realm` is the token
+    /// endpoint, tokens must be issued by `issuer` for `service` and signed by a key whose
+    /// certificate chains to `root_certs` (PEM).
+    pub fn start_token_auth(
+        dir: &Path,
+        realm: &str,
+        service: &str,
+        issuer: &str,
+        root_certs: &Path,
+    ) -> Registry {
+        require_tool("docker-registry", "docker-registry");
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let cfg = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+            dir.join("data").display(),
+            root_certs.display()
+        );
+        Registry::serve(dir, port, cfg)
+    }
+
+    fn serve(dir: &Path, port: u16, cfg: String) -> Registry {
         let cfg_path = dir.join("config.yml");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = dir.join("registry.log");
