@@ -50,6 +50,12 @@ pub struct RegistryConfig {
     pub ca_file: Option<PathBuf>,
     /// Credentials, in the containers `auth.json` format.
     pub auth_file: Option<PathBuf>,
+    /// Account for the registries in `credentials_for` (with `password_file`).
+    pub username: Option<String>,
+    /// File whose first line is the password (or token) of `username`.
+    pub password_file: Option<PathBuf>,
+    /// Registries (`host[:port]`) `username` is sent to; never to any other.
+    pub credentials_for: Vec<String>,
     /// Parallel blob downloads.
     pub concurrency: u32,
     /// Download limit in bytes per second; 0 = unlimited.
@@ -136,6 +142,9 @@ impl Default for Config {
                 insecure_hosts: Vec::new(),
                 ca_file: None,
                 auth_file: None,
+                username: None,
+                password_file: None,
+                credentials_for: Vec::new(),
                 concurrency: 2,
                 bandwidth_limit: 0,
                 timeout: 30,
@@ -237,6 +246,15 @@ impl Config {
             c.set(sec, k, v)
                 .with_context(|| format!("line {n}: [{sec}] {k} = {v:?}"))?;
         }
+        let r = &c.registry;
+        match (&r.username, &r.password_file, r.credentials_for.is_empty()) {
+            (None, None, true) | (Some(_), Some(_), false) => {}
+            _ => bail!(
+                "[registry] username, password-file and credentials-for go together: the \
+                 account, the file holding its password, and the registries (host[:port]) it \
+                 may be sent to"
+            ),
+        }
         Ok(c)
     }
 
@@ -252,6 +270,9 @@ impl Config {
             ("registry", "insecure-hosts") => self.registry.insecure_hosts = list(v),
             ("registry", "ca-file") => self.registry.ca_file = opt_path(v),
             ("registry", "auth-file") => self.registry.auth_file = opt_path(v),
+            ("registry", "username") => self.registry.username = opt_str(v),
+            ("registry", "password-file") => self.registry.password_file = opt_path(v),
+            ("registry", "credentials-for") => self.registry.credentials_for = list(v),
             ("registry", "concurrency") => self.registry.concurrency = parse_num(v, 1, 64)? as u32,
             ("registry", "bandwidth-limit") => self.registry.bandwidth_limit = parse_rate(v)?,
             ("registry", "timeout") => self.registry.timeout = parse_num(v, 1, 3600)?,

@@ -789,3 +789,65 @@ fn token_the_registry_rejects_is_reported_as_such() {
     );
     assert!(!w.tokens.issued_to(DEVICE.0).is_empty());
 }
+
+/// Credentials in otter's own config (`[registry] username`, `password-file`,
+/// `credentials-for`): used for the named registry, never sent to another one.
+#[test]
+fn config_credentials_are_sent_only_to_the_named_registries() {
+    require_tool("umoci", "umoci");
+    let t = Tmpfs::new();
+    let w = World::new(t.path(), 300, 300);
+    let layout = build_images(t.path());
+    w.push(&layout, "v1", "os/rootfs");
+    let image = format!("docker://{}/os/rootfs:v1", w.reg.host());
+    let pw = t.path().join("registry.password");
+    fs::write(&pw, format!("{}\n", DEVICE.1)).unwrap();
+    let conf = |name: &str, hosts: &str| {
+        let p = t.path().join(name);
+        fs::write(
+            &p,
+            format!(
+                "[registry]\nusername = {}\npassword-file = {}\ncredentials-for = {hosts}\n",
+                DEVICE.0,
+                pw.display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let args = [
+        "install",
+        "--no-signature-verification",
+        "--stateroot=testos",
+        &image,
+    ];
+
+    // named for another registry only: not sent, so anonymous, refused, nothing installed
+    let sr = t.path().join("sysroot");
+    let before = w.tokens.issued_to(DEVICE.0).len();
+    let o = otter(&sr, &conf("other.conf", "registry.example:5000"), &args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused anonymous access"), "{err}");
+    assert_eq!(w.tokens.issued_to(DEVICE.0).len(), before);
+    let deployed = fs::read_dir(sr.join("ostree/deploy/testos/deploy"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(deployed, 0);
+
+    // named for this registry: installed with the device's account
+    ok(&otter(&sr, &conf("this.conf", &w.reg.host()), &args));
+    assert_eq!(admin_status_list(&sr).len(), 1, "{}", admin_status(&sr));
+    assert!(w.tokens.issued_to(DEVICE.0).len() > before);
+    ostree(&["fsck", &repo_arg(&sr)]);
+
+    // a username without the other two keys is a config error (exit 2) naming them
+    let half = t.path().join("half.conf");
+    fs::write(&half, format!("[registry]\nusername = {}\n", DEVICE.0)).unwrap();
+    let o = otter(&sr, &half, &["status"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("credentials-for"),
+        "{o:?}"
+    );
+}

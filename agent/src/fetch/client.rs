@@ -125,6 +125,19 @@ pub(crate) fn error_text(resp: &mut Response<Body>) -> String {
     text.trim().chars().take(200).collect()
 }
 
+/// The first line of a password file (at most 4 KiB are read).
+fn read_password_file(path: &Path) -> Result<String> {
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_string(&mut text))
+        .with_context(|| format!("reading the registry password file {}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        bail!("the registry password file {} is empty", path.display());
+    }
+    Ok(line.to_owned())
+}
+
 impl RegistryClient {
     /// A client for `host` configured from `opts` (credentials, CA, insecure hosts, timeouts).
     pub fn new(host: &str, opts: &SourceOptions) -> Result<RegistryClient> {
@@ -142,15 +155,22 @@ impl RegistryClient {
             .tls_config(tls.build())
             .build();
         let agent = ureq::Agent::new_with_config(config);
-        let creds = match (&opts.username, &opts.password) {
-            (Some(u), Some(p)) => Some(Credentials {
+        let for_host =
+            opts.credential_hosts.is_empty() || opts.credential_hosts.iter().any(|h| h == host);
+        let password = match (&opts.password, &opts.password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(f)) if for_host && opts.username.is_some() => Some(read_password_file(f)?),
+            _ => None,
+        };
+        let creds = match (&opts.username, password) {
+            (Some(u), Some(p)) if for_host => Some(Credentials {
                 username: u.clone(),
-                password: p.clone(),
+                password: p,
             }),
-            (Some(_), None) | (None, Some(_)) => {
+            (Some(_), None) | (None, Some(_)) if for_host => {
                 bail!("registry credentials need both a username and a password")
             }
-            (None, None) => {
+            _ => {
                 let mut found = None;
                 for f in &opts.auth_files {
                     if let Some(c) = load_auth_file(f, host)? {

@@ -44,9 +44,15 @@ pub struct SourceOptions {
     pub blob_dir: PathBuf,
     /// Docker-style auth files searched in order for the registry host (`auths.<host>.auth`). Default: none.
     pub auth_files: Vec<PathBuf>,
-    /// Explicit registry credentials; take precedence over `auth_files`. Default: none.
+    /// Explicit registry credentials; take precedence over `auth_files` for the hosts in
+    /// `credential_hosts`. The password is `password`, else the first line of `password_file`.
+    /// Default: none.
     pub username: Option<String>,
     pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Registries (`host` or `host:port`) the explicit credentials are sent to; empty = every
+    /// registry. Default: empty.
+    pub credential_hosts: Vec<String>,
     /// PEM file with the CA certificate(s) to trust instead of the built-in Mozilla roots. Default: none.
     pub ca_file: Option<PathBuf>,
     /// Registry hosts (`host` or `host:port`) that may be reached over plain HTTP (when their TLS
@@ -79,6 +85,8 @@ impl Default for SourceOptions {
             auth_files: Vec::new(),
             username: None,
             password: None,
+            password_file: None,
+            credential_hosts: Vec::new(),
             ca_file: None,
             insecure_hosts: Vec::new(),
             connect_timeout: Duration::from_secs(30),
@@ -101,6 +109,8 @@ impl fmt::Debug for SourceOptions {
             .field("auth_files", &self.auth_files)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("credential_hosts", &self.credential_hosts)
             .field("ca_file", &self.ca_file)
             .field("insecure_hosts", &self.insecure_hosts)
             .field("connect_timeout", &self.connect_timeout)
