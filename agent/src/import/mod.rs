@@ -55,7 +55,7 @@
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, Write};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -201,7 +201,11 @@ impl Op {
 
     /// The `otter.layer.ops` string: a kind letter, then the path.
     fn encode(&self) -> String {
-        let kind = match self {
+        format!("{}{}", self.encode_kind(), self.path().join("/"))
+    }
+
+    fn encode_kind(&self) -> char {
+        match self {
             Op::Root(_) => 'r',
             Op::Opaque(_) => 'o',
             Op::Whiteout(_) => 'w',
@@ -209,18 +213,142 @@ impl Op {
             Op::File { symlink: false, .. } => 'f',
             Op::File { symlink: true, .. } => 'l',
             Op::Link(..) => 'h',
-        };
-        format!("{kind}{}", self.path().join("/"))
+        }
     }
 }
 
-/// The ops of one layer being or having been recorded, with the content of hard links.
-type Recording = Vec<(Op, Option<Checksum>)>;
+/// The ops of one layer being recorded (with the content of hard links), spilled to an
+/// unlinked temporary file in the repository's `tmp/`: an OS layer has tens of thousands of
+/// entries, and recording must cost a buffer, not memory per entry.
+struct Recording {
+    out: io::BufWriter<fs::File>,
+}
+
+impl Recording {
+    fn new(repo: &Repo) -> Result<Recording> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = repo
+            .path()
+            .join("tmp")
+            .join(format!("otter-layer-ops-{}-{n}", std::process::id()));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        // Unlinked at once: a crash leaves nothing behind.
+        fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        Ok(Recording {
+            out: io::BufWriter::with_capacity(64 * 1024, file),
+        })
+    }
+
+    fn push(&mut self, op: &Op, link: Option<&Checksum>) -> io::Result<()> {
+        let w = &mut self.out;
+        let put = |w: &mut io::BufWriter<fs::File>, b: &[u8]| -> io::Result<()> {
+            w.write_all(&(b.len() as u32).to_le_bytes())?;
+            w.write_all(b)
+        };
+        let kind = op.encode_kind();
+        w.write_all(&[kind as u8])?;
+        put(w, op.path().join("/").as_bytes())?;
+        match op {
+            Op::Root(m) | Op::Dir(_, m) => put(w, &m.encode())?,
+            Op::File { csum, setid, .. } => {
+                w.write_all(&csum.0)?;
+                w.write_all(&[u8::from(*setid)])?;
+            }
+            Op::Link(_, target) => {
+                put(w, target.join("/").as_bytes())?;
+                let c = link.ok_or_else(|| io::Error::other("hard link without content"))?;
+                w.write_all(&c.0)?;
+            }
+            Op::Opaque(_) | Op::Whiteout(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The recorded ops, from the start.
+    fn into_reader(self) -> Result<RecordedOps> {
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .context("writing the layer record")?;
+        file.seek(io::SeekFrom::Start(0))
+            .context("rewinding the layer record")?;
+        Ok(RecordedOps {
+            input: io::BufReader::with_capacity(64 * 1024, file),
+        })
+    }
+}
+
+/// Reads back what a [`Recording`] wrote.
+struct RecordedOps {
+    input: io::BufReader<fs::File>,
+}
+
+impl RecordedOps {
+    fn next(&mut self) -> Result<Option<(Op, Option<Checksum>)>> {
+        let r = &mut self.input;
+        let mut kind = [0u8; 1];
+        if r.read(&mut kind)? == 0 {
+            return Ok(None);
+        }
+        fn get(r: &mut impl Read) -> Result<Vec<u8>> {
+            let mut len = [0u8; 4];
+            r.read_exact(&mut len)?;
+            let mut b = vec![0u8; u32::from_le_bytes(len) as usize];
+            r.read_exact(&mut b)?;
+            Ok(b)
+        }
+        fn comps(b: Vec<u8>) -> Result<Vec<String>> {
+            let s = String::from_utf8(b).context("layer record path is not UTF-8")?;
+            Ok(if s.is_empty() {
+                Vec::new()
+            } else {
+                s.split('/').map(str::to_owned).collect()
+            })
+        }
+        fn csum(r: &mut impl Read) -> Result<Checksum> {
+            let mut c = [0u8; 32];
+            r.read_exact(&mut c)?;
+            Ok(Checksum(c))
+        }
+        let path = comps(get(r)?)?;
+        let op = match kind[0] {
+            b'r' => Op::Root(DirMeta::decode(&get(r)?)?),
+            b'd' => Op::Dir(path, DirMeta::decode(&get(r)?)?),
+            b'o' => Op::Opaque(path),
+            b'w' => Op::Whiteout(path),
+            k @ (b'f' | b'l') => {
+                let c = csum(r)?;
+                let mut setid = [0u8; 1];
+                r.read_exact(&mut setid)?;
+                Op::File {
+                    path,
+                    csum: c,
+                    symlink: k == b'l',
+                    setid: setid[0] != 0,
+                }
+            }
+            b'h' => {
+                let target = comps(get(r)?)?;
+                let c = csum(r)?;
+                return Ok(Some((Op::Link(path, target), Some(c))));
+            }
+            other => bail!("corrupt layer record (op kind {other})"),
+        };
+        Ok(Some((op, None)))
+    }
+}
 
 /// A layer recorded while importing, written as its own commit after the import's commit.
 struct RecordedLayer {
     diff_id: String,
-    ops: Recording,
+    ops: RecordedOps,
 }
 
 fn default_dir_meta() -> DirMeta {
@@ -246,6 +374,8 @@ pub struct Importer<'r> {
     recording: Option<Recording>,
     /// Layers to write as `otter/layer/…` commits after the import's commit.
     recorded: Vec<RecordedLayer>,
+    /// Writing the current layer's record failed: it is not kept.
+    recording_failed: bool,
 }
 
 impl<'r> Importer<'r> {
@@ -264,6 +394,7 @@ impl<'r> Importer<'r> {
             content_bytes: 0,
             recording: None,
             recorded: Vec::new(),
+            recording_failed: false,
         }
     }
 
@@ -307,23 +438,34 @@ impl<'r> Importer<'r> {
     ) -> Result<()> {
         self.layer += 1;
         let n = self.layer;
-        self.recording = Some(Vec::new());
+        self.recording = match Recording::new(self.repo) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log::warn!("layer {n}: not recording it for later updates: {e:#}");
+                None
+            }
+        };
+        self.recording_failed = false;
         let mut hasher = sha2::Sha256::new();
         let res = self
             .apply_layer_inner(media_type, layer, Some(&mut hasher))
             .with_context(|| format!("applying layer {n} ({media_type})"));
-        let ops = self.recording.take().unwrap_or_default();
+        let recording = self.recording.take();
         res?;
         let got = format!("sha256:{}", hex_of(&hasher.finalize()));
         if got != diff_id {
             log::warn!(
-                "layer {n}: the uncompressed tar is {got}, but the image config says {diff_id};                  not keeping it for later updates"
+                "layer {n}: the uncompressed tar is {got}, but the image config says {diff_id}; \
+                 not keeping it for later updates"
             );
-        } else {
-            self.recorded.push(RecordedLayer {
-                diff_id: diff_id.to_owned(),
-                ops,
-            });
+        } else if let Some(rec) = recording.filter(|_| !self.recording_failed) {
+            match rec.into_reader() {
+                Ok(ops) => self.recorded.push(RecordedLayer {
+                    diff_id: diff_id.to_owned(),
+                    ops,
+                }),
+                Err(e) => log::warn!("layer {n}: not recording it for later updates: {e:#}"),
+            }
         }
         Ok(())
     }
@@ -803,7 +945,11 @@ impl<'r> Importer<'r> {
             }
         }
         if let Some(rec) = &mut self.recording {
-            rec.push((op, link_csum));
+            if let Err(e) = rec.push(&op, link_csum.as_ref()) {
+                log::warn!("layer {layer}: not recording it for later updates: {e}");
+                self.recording = None;
+                self.recording_failed = true;
+            }
         }
         Ok(())
     }
@@ -841,10 +987,19 @@ impl<'r> Importer<'r> {
         let commit = tx
             .commit(subject, "", metadata, parent, now, &tree, &meta)
             .context("writing the commit")?;
+        // The import's tree is written: free it before building the layer trees (peak memory).
+        drop(std::mem::replace(
+            &mut self.root,
+            Dir {
+                meta: default_dir_meta(),
+                children: BTreeMap::new(),
+                layer: 0,
+            },
+        ));
         // The import's content objects are now in the repo: record its layers. A failure here
         // only costs a download next time.
-        for l in std::mem::take(&mut self.recorded) {
-            if let Err(e) = write_layer_commit(self.repo, &l, now) {
+        for mut l in std::mem::take(&mut self.recorded) {
+            if let Err(e) = write_layer_commit(self.repo, &mut l, now) {
                 log::warn!("recording layer {} for later updates: {e:#}", l.diff_id);
             }
         }
@@ -946,7 +1101,7 @@ fn load_tree(
 /// Write a recorded layer as a commit holding its tree as the tar had it (whiteouts as empty
 /// files, hard links as their content, implied directories `0755 0:0`) and its entries in order
 /// (`otter.layer.ops`, `otter.layer.link-targets`), then point [`layer_ref`] at it.
-fn write_layer_commit(repo: &Repo, l: &RecordedLayer, now: u64) -> Result<()> {
+fn write_layer_commit(repo: &Repo, l: &mut RecordedLayer, now: u64) -> Result<()> {
     let name = layer_ref(&l.diff_id).with_context(|| format!("invalid diff_id {:?}", l.diff_id))?;
     let mut tx = repo.transaction()?;
     let marker = tx.write_file(
@@ -964,12 +1119,14 @@ fn write_layer_commit(repo: &Repo, l: &RecordedLayer, now: u64) -> Result<()> {
         children: BTreeMap::new(),
         layer: 0,
     };
+    // Hashes of the paths seen (not the paths: a layer has tens of thousands).
     let mut seen = HashSet::new();
-    let mut ops = Vec::with_capacity(l.ops.len());
+    let mut ops = Vec::new();
     let mut targets = Vec::new();
-    for (op, link_csum) in &l.ops {
+    while let Some((op, link_csum)) = l.ops.next().context("reading the layer record")? {
+        let (op, link_csum) = (&op, &link_csum);
         let key = op.path().join("/");
-        if !seen.insert(key.clone()) {
+        if !seen.insert(Checksum::of(key.as_bytes())) {
             bail!("the layer has more than one entry for {key:?}");
         }
         ops.push(op.encode());
