@@ -333,17 +333,21 @@ fn shared_base_layer_is_not_downloaded_again() {
     assert_eq!(layer_refs(&sr), want);
     ostree(&["fsck", &repo_arg(&sr)]);
 
-    // A recorded layer commit holds its whiteouts as (empty) files.
+    // A recorded layer commit holds its tree under /tree, whiteouts as (empty) files, and its
+    // entries in tar order in /ops (the real ostree reads both).
     let ls = ostree(&[
         "ls",
         &repo_arg(&sr),
         "-R",
         &layer_ref(&diffs2[1]),
-        "/opt/data",
-        "/usr/share",
+        "/tree/opt/data",
+        "/tree/usr/share",
     ]);
-    assert!(ls.contains("/opt/data/.wh..wh..opq"), "{ls}");
-    assert!(ls.contains("/usr/share/.wh.old"), "{ls}");
+    assert!(ls.contains("/tree/opt/data/.wh..wh..opq"), "{ls}");
+    assert!(ls.contains("/tree/usr/share/.wh.old"), "{ls}");
+    let ops = ostree(&["cat", &repo_arg(&sr), &layer_ref(&diffs2[1]), "/ops"]);
+    assert!(ops.starts_with("OTLOPS2\n"), "{ops:?}");
+    assert!(ops.contains("opt/data/.wh..wh..opq"), "{ops:?}");
 }
 
 /// Same images from a real `docker-registry` behind a counting proxy: the upgrade to v2 sends

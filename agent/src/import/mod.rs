@@ -41,19 +41,22 @@
 //!
 //! Recorded layers ([`Importer::apply_layer_recorded`]): after the import's commit, each layer
 //! whose uncompressed tar matches its diff_id is also written as a small commit under
-//! [`layer_ref`] (`otter/layer/<diff_id hex>`, format [`LAYER_FORMAT_VERSION`]): its tree as the
-//! tar had it (whiteouts as empty regular files, hard links as their content object, implied
-//! directories `0755 0:0`; content objects shared with the image) and its entries in tar order
-//! (`otter.layer.ops`: a kind letter `r d f l h w o` + path; `otter.layer.link-targets`).
-//! [`Importer::apply_layer_commit`] replays those entries through the same code as the tar, so
+//! [`layer_ref`] (`otter/layer/<diff_id hex>`, format [`LAYER_FORMAT_VERSION`]). Its root holds
+//! `tree/`, the layer's tree as the tar had it (whiteouts as empty regular files, hard links as
+//! their content object, implied directories `0755 0:0`; content objects shared with the image,
+//! kept reachable by it), and `ops`, its entries in tar order: after the magic `OTLOPS2\n`, per
+//! entry a kind byte (`r d f l h w o`), the path (LE32 length + bytes), then for `r`/`d` the
+//! dirmeta GVariant (LE32 length + bytes), for `f`/`l` the content checksum and a setid byte,
+//! for `h` the target path and the content checksum. While importing, the entries go to an
+//! unlinked spill file, so recording costs a buffer, not memory per entry.
+//! [`Importer::apply_layer_commit`] streams those entries through the same code as the tar, so
 //! whiteouts, opaque directories, hard links (resolved against the lower layers at replay time)
-//! and refusals behave exactly alike and the merged tree is identical. A layer naming a path
-//! twice is not recorded.
+//! and refusals behave exactly alike and the merged tree is identical.
 //!
 //! A failed import changes no ref: its staged objects are deleted when the importer is dropped.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::{self, Read, Seek, Write};
 use std::path::Path;
@@ -199,11 +202,7 @@ impl Op {
         }
     }
 
-    /// The `otter.layer.ops` string: a kind letter, then the path.
-    fn encode(&self) -> String {
-        format!("{}{}", self.encode_kind(), self.path().join("/"))
-    }
-
+    /// The op's kind letter in a layer record.
     fn encode_kind(&self) -> char {
         match self {
             Op::Root(_) => 'r',
@@ -240,9 +239,10 @@ impl Recording {
             .with_context(|| format!("creating {}", path.display()))?;
         // Unlinked at once: a crash leaves nothing behind.
         fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        Ok(Recording {
-            out: io::BufWriter::with_capacity(64 * 1024, file),
-        })
+        let mut out = io::BufWriter::with_capacity(64 * 1024, file);
+        out.write_all(OPS_MAGIC)
+            .context("writing the layer record")?;
+        Ok(Recording { out })
     }
 
     fn push(&mut self, op: &Op, link: Option<&Checksum>) -> io::Result<()> {
@@ -277,20 +277,46 @@ impl Recording {
             .into_inner()
             .map_err(|e| e.into_error())
             .context("writing the layer record")?;
-        file.seek(io::SeekFrom::Start(0))
-            .context("rewinding the layer record")?;
-        Ok(RecordedOps {
-            input: io::BufReader::with_capacity(64 * 1024, file),
-        })
+        let len = file
+            .seek(io::SeekFrom::End(0))
+            .context("sizing the layer record")?;
+        RecordedOps::new(file, len)
     }
 }
 
-/// Reads back what a [`Recording`] wrote.
+/// Start of a layer record (the spill file and the `ops` object of a layer commit).
+const OPS_MAGIC: &[u8; 8] = b"OTLOPS2\n";
+
+/// Reads back what a [`Recording`] wrote: from the spill file, or from a layer commit's `ops`
+/// object when the layer is replayed.
 struct RecordedOps {
     input: io::BufReader<fs::File>,
+    len: u64,
 }
 
 impl RecordedOps {
+    fn new(mut file: fs::File, len: u64) -> Result<RecordedOps> {
+        file.seek(io::SeekFrom::Start(0))
+            .context("rewinding the layer record")?;
+        let mut input = io::BufReader::with_capacity(64 * 1024, file);
+        let mut magic = [0u8; 8];
+        input
+            .read_exact(&mut magic)
+            .context("reading the layer record")?;
+        if &magic != OPS_MAGIC {
+            bail!("not a layer record of this format (magic {magic:02x?})");
+        }
+        Ok(RecordedOps { input, len })
+    }
+
+    /// The whole record again, from its first byte (to store it as an object).
+    fn rewind(&mut self) -> Result<(&mut dyn Read, u64)> {
+        self.input
+            .seek(io::SeekFrom::Start(0))
+            .context("rewinding the layer record")?;
+        Ok((&mut self.input, self.len))
+    }
+
     fn next(&mut self) -> Result<Option<(Op, Option<Checksum>)>> {
         let r = &mut self.input;
         let mut kind = [0u8; 1];
@@ -492,97 +518,73 @@ impl<'r> Importer<'r> {
         if format != Some(LAYER_FORMAT_VERSION) {
             bail!("not a layer commit of format {LAYER_FORMAT_VERSION} (found {format:?})");
         }
-        let strs = |key: &str| -> Result<&[String]> {
-            c.metadata
-                .iter()
-                .find_map(|(k, v)| match v {
-                    MetaValue::StrArray(a) if k == key => Some(a.as_slice()),
-                    _ => None,
-                })
-                .with_context(|| format!("layer commit without {key}"))
-        };
-        let ops = strs("otter.layer.ops")?;
-        let mut targets = strs("otter.layer.link-targets")?.iter();
-        // path → (dirmeta | content checksum) of the layer tree.
-        let mut nodes = HashMap::new();
-        load_tree(
-            repo,
-            &c.root_tree,
-            &c.root_meta,
-            String::new(),
-            0,
-            &mut nodes,
-        )?;
-        for op in ops {
-            let mut chars = op.chars();
-            let kind = chars.next().context("empty layer op")?;
-            let path = chars.as_str();
-            let comps = split_path(path.as_bytes()).with_context(|| format!("layer op {op:?}"))?;
-            let key = comps.join("/");
-            let node = || {
-                nodes
-                    .get(&key)
-                    .with_context(|| format!("{key:?} is not in the layer tree"))
-            };
-            let op = match kind {
-                'r' => match node()? {
-                    LayerNode::Dir(m) => Op::Root(m.clone()),
-                    LayerNode::File(_) => bail!("the layer root is not a directory"),
-                },
-                'o' => {
+        let root = repo.read_dirtree(&c.root_tree)?;
+        let ops_csum = root
+            .files
+            .iter()
+            .find(|(n, _)| n == "ops")
+            .map(|(_, c)| *c)
+            .context("layer commit without its ops object")?;
+        let obj = repo
+            .open_file(&ops_csum)
+            .with_context(|| format!("ops object {ops_csum}"))?;
+        let file = obj
+            .content
+            .with_context(|| format!("ops object {ops_csum} is not a regular file"))?;
+        let mut ops = RecordedOps::new(file, obj.size)?;
+        while let Some((op, _)) = ops.next()? {
+            let shown = op.path().join("/");
+            // The same checks as for a tar entry: valid names, and the content must be here.
+            split_path(shown.as_bytes()).with_context(|| format!("layer op {shown:?}"))?;
+            let op = match op {
+                Op::Opaque(comps) => {
                     if comps.last().map(String::as_str) != Some(".wh..wh..opq") {
-                        bail!("bad opaque whiteout {path:?}");
+                        bail!("bad opaque whiteout {shown:?}");
                     }
                     Op::Opaque(comps)
                 }
-                'w' => {
+                Op::Whiteout(comps) => {
                     let hidden = comps
                         .last()
                         .and_then(|n| n.strip_prefix(".wh."))
-                        .with_context(|| format!("bad whiteout {path:?}"))?;
+                        .with_context(|| format!("bad whiteout {shown:?}"))?;
                     valid_component(hidden)?;
                     Op::Whiteout(comps)
                 }
-                'd' => match node()? {
-                    LayerNode::Dir(m) => Op::Dir(comps, m.clone()),
-                    LayerNode::File(_) => bail!("{key:?} is not a directory in the layer tree"),
-                },
-                'f' | 'l' => {
-                    match node()? {
-                        LayerNode::File(csum) => {
-                            if !repo.has_object(ObjectKind::File, csum) {
-                                bail!("content object {csum} of {key:?} is missing from the repository");
-                            }
-                            let setid = kind == 'f'
-                                && repo
-                                    .open_file(csum)
-                                    .with_context(|| format!("content object {csum} of {key:?}"))?
-                                    .header
-                                    .mode
-                                    & 0o6000
-                                    != 0;
-                            Op::File {
-                                path: comps,
-                                csum: *csum,
-                                symlink: kind == 'l',
-                                setid,
-                            }
-                        }
-                        LayerNode::Dir(_) => bail!("{key:?} is a directory in the layer tree"),
+                Op::File {
+                    path,
+                    csum,
+                    symlink,
+                    ..
+                } => {
+                    if !repo.has_object(ObjectKind::File, &csum) {
+                        bail!("content object {csum} of {shown:?} is missing from the repository");
+                    }
+                    // The setid bit as the object has it, not as recorded.
+                    let setid = !symlink
+                        && repo
+                            .open_file(&csum)
+                            .with_context(|| format!("content object {csum} of {shown:?}"))?
+                            .header
+                            .mode
+                            & 0o6000
+                            != 0;
+                    Op::File {
+                        path,
+                        csum,
+                        symlink,
+                        setid,
                     }
                 }
-                'h' => {
-                    let t = targets
-                        .next()
-                        .context("hard link without a recorded target")?;
-                    let tcomps = split_path(t.as_bytes())
-                        .with_context(|| format!("hard link target {t:?}"))?;
-                    Op::Link(comps, tcomps)
+                Op::Link(comps, target) => {
+                    let t = target.join("/");
+                    split_path(t.as_bytes()).with_context(|| format!("hard link target {t:?}"))?;
+                    Op::Link(comps, target)
                 }
-                other => bail!("unknown layer op kind {other:?}"),
+                other @ (Op::Root(_) | Op::Dir(..)) => other,
             };
             self.apply_op(op)
-                .with_context(|| format!("layer entry {path:?}"))?;
+                .with_context(|| format!("layer entry {shown:?}"))?;
         }
         Ok(())
     }
@@ -1012,7 +1014,7 @@ impl<'r> Importer<'r> {
 }
 
 /// Format of layer commits (`otter.layer.format`).
-pub const LAYER_FORMAT_VERSION: u64 = 1;
+pub const LAYER_FORMAT_VERSION: u64 = 2;
 
 /// The ref of a recorded layer: `otter/layer/<sha256 hex of its diff_id>`. None for a diff_id
 /// that is not `sha256:<64 hex>`.
@@ -1063,44 +1065,10 @@ impl<R: Read> Read for HashingReader<'_, R> {
     }
 }
 
-enum LayerNode {
-    Dir(DirMeta),
-    File(Checksum),
-}
-
-/// Read a layer tree into `out` (path → node; the root is "").
-fn load_tree(
-    repo: &Repo,
-    tree: &Checksum,
-    meta: &Checksum,
-    path: String,
-    depth: usize,
-    out: &mut HashMap<String, LayerNode>,
-) -> Result<()> {
-    if depth > MAX_PATH_DEPTH {
-        bail!("layer tree is deeper than {MAX_PATH_DEPTH} directories");
-    }
-    let join = |n: &str| {
-        if path.is_empty() {
-            n.to_owned()
-        } else {
-            format!("{path}/{n}")
-        }
-    };
-    let t = repo.read_dirtree(tree)?;
-    for (name, csum) in &t.files {
-        out.insert(join(name), LayerNode::File(*csum));
-    }
-    for (name, st, sm) in &t.dirs {
-        load_tree(repo, st, sm, join(name), depth + 1, out)?;
-    }
-    out.insert(path, LayerNode::Dir(repo.read_dirmeta(meta)?));
-    Ok(())
-}
-
-/// Write a recorded layer as a commit holding its tree as the tar had it (whiteouts as empty
-/// files, hard links as their content, implied directories `0755 0:0`) and its entries in order
-/// (`otter.layer.ops`, `otter.layer.link-targets`), then point [`layer_ref`] at it.
+/// Write a recorded layer as a commit whose root holds `ops` (its entries in order, the record
+/// format of [`Recording`]) and `tree` (its tree as the tar had it: whiteouts as empty files,
+/// hard links as their content, implied directories `0755 0:0`), then point [`layer_ref`] at
+/// it.
 fn write_layer_commit(repo: &Repo, l: &mut RecordedLayer, now: u64) -> Result<()> {
     let name = layer_ref(&l.diff_id).with_context(|| format!("invalid diff_id {:?}", l.diff_id))?;
     let mut tx = repo.transaction()?;
@@ -1121,15 +1089,12 @@ fn write_layer_commit(repo: &Repo, l: &mut RecordedLayer, now: u64) -> Result<()
     };
     // Hashes of the paths seen (not the paths: a layer has tens of thousands).
     let mut seen = HashSet::new();
-    let mut ops = Vec::new();
-    let mut targets = Vec::new();
     while let Some((op, link_csum)) = l.ops.next().context("reading the layer record")? {
         let (op, link_csum) = (&op, &link_csum);
         let key = op.path().join("/");
         if !seen.insert(Checksum::of(key.as_bytes())) {
             bail!("the layer has more than one entry for {key:?}");
         }
-        ops.push(op.encode());
         let (name, parents) = match op.path().split_last() {
             Some(x) => x,
             None => {
@@ -1162,10 +1127,7 @@ fn write_layer_commit(repo: &Repo, l: &mut RecordedLayer, now: u64) -> Result<()
                 continue;
             }
             Op::File { csum, symlink, .. } => (*csum, *symlink),
-            Op::Link(_, t) => {
-                targets.push(t.join("/"));
-                (link_csum.context("hard link without content")?, false)
-            }
+            Op::Link(..) => (link_csum.context("hard link without content")?, false),
             Op::Opaque(_) | Op::Whiteout(_) => (marker, false),
         };
         if parent.children.contains_key(name) {
@@ -1181,7 +1143,38 @@ fn write_layer_commit(repo: &Repo, l: &mut RecordedLayer, now: u64) -> Result<()
             },
         );
     }
-    let (tree, meta) = write_dir(&mut tx, &root)?;
+    // The commit's root: `ops` (the record, streamed from the spill file) and `tree` (the
+    // layer's tree, which keeps its content objects reachable for prune and `ostree fsck`).
+    let (record, len) = l.ops.rewind()?;
+    let ops = tx
+        .write_file_sized(
+            &FileHeader {
+                uid: 0,
+                gid: 0,
+                mode: S_IFREG | 0o644,
+                symlink_target: String::new(),
+                xattrs: Vec::new(),
+            },
+            record,
+            Some(len),
+        )
+        .context("storing the layer record")?;
+    let mut top = Dir {
+        meta: default_dir_meta(),
+        children: BTreeMap::new(),
+        layer: 0,
+    };
+    top.children.insert(
+        "ops".to_owned(),
+        Node::File {
+            csum: ops,
+            symlink: false,
+            setid: false,
+            layer: 0,
+        },
+    );
+    top.children.insert("tree".to_owned(), Node::Dir(root));
+    let (tree, meta) = write_dir(&mut tx, &top)?;
     let metadata = vec![
         (
             "otter.layer.diff-id".to_owned(),
@@ -1194,11 +1187,6 @@ fn write_layer_commit(repo: &Repo, l: &mut RecordedLayer, now: u64) -> Result<()
         (
             "otter.import-rules".to_owned(),
             MetaValue::U64(IMPORT_RULES_VERSION),
-        ),
-        ("otter.layer.ops".to_owned(), MetaValue::StrArray(ops)),
-        (
-            "otter.layer.link-targets".to_owned(),
-            MetaValue::StrArray(targets),
         ),
     ];
     let c = tx.commit(
