@@ -32,9 +32,9 @@ mk() { # NAME SOURCES...
 mk A "deb $M bookworm main"
 mk B "deb $M bookworm main" "deb $M bookworm-updates main" "deb $S bookworm-security main"
 
-echo "== building the bench driver (release)"
-(cd "$ROOT" && cargo build -q --release --example delta-bench -p otter --features publish)
-BIN=$ROOT/target/release/examples/delta-bench
+echo "== building the bench driver (profile publisher: release at opt-level 3)"
+(cd "$ROOT" && cargo build -q --profile publisher --example delta-bench -p otter --features publish)
+BIN=$ROOT/target/publisher/examples/delta-bench
 
 W=$C/work
 rm -rf "$W"

@@ -32,6 +32,13 @@ pub const OP_NEW: u8 = 1;
 pub const OP_PATCH_ZSTD: u8 = 2;
 /// `object, header, source object`: same content as the source object, other metadata.
 pub const OP_COPY: u8 = 3;
+/// `object, header, size u64, source object, patch_len u64, patch[patch_len]`: a raw bsdiff
+/// patch (no compression of its own: the part stream compresses it). Repeated records of
+/// `mix_len u64 LE, copy_len u64 LE, seek i64 (sign-magnitude LE)`, then `mix_len` bytes added
+/// bytewise to the source at the current position, then `copy_len` literal bytes; the source
+/// position then moves by `seek`. Applied streaming: the source is read where the records say,
+/// never held in memory.
+pub const OP_PATCH_BSDIFF: u8 = 4;
 
 /// One part as listed in the superblock.
 #[derive(Clone, Debug, PartialEq, Eq)]

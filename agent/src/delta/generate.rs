@@ -10,8 +10,8 @@ use sha2::Digest;
 
 use super::format::{
     encode_header, patch_window_log, put_u64, HashWriter, PartInfo, Superblock,
-    MAX_PATCH_SOURCE_SIZE, MAX_PATCH_TARGET_SIZE, OP_COPY, OP_END, OP_NEW, OP_PATCH_ZSTD,
-    PART_MAGIC, PART_WINDOW_LOG_MAX,
+    MAX_PATCH_SOURCE_SIZE, MAX_PATCH_TARGET_SIZE, OP_COPY, OP_END, OP_NEW, OP_PATCH_BSDIFF,
+    OP_PATCH_ZSTD, PART_MAGIC, PART_WINDOW_LOG_MAX,
 };
 use super::{part_name, SUPERBLOCK_NAME};
 use crate::ostree::{Checksum, ObjectKind, Repo, MAX_TREE_DEPTH};
@@ -525,9 +525,41 @@ fn emit(
             return pw.end_object(*c);
         }
         if let Some((src, _)) = base {
+            let raw = zstd::bulk::compress(data, 3).context("compressing")?;
             if let Some(oldc) = read_content(repo, &src, MAX_PATCH_SOURCE_SIZE)? {
-                let patch = make_patch(&oldc, data, opts.patch_level)?;
-                let raw = zstd::bulk::compress(data, 3).context("compressing")?;
+                // A zstd patch needs its source and a window of source + target in the
+                // device's memory: only small pairs get one (bsdiff applies streaming).
+                let patch = if (oldc.len() + data.len()) as u64 <= ZSTD_PATCH_MAX_PAIR {
+                    let level = patch_level(oldc.len() + data.len(), opts.patch_level);
+                    make_patch(&oldc, data, level)?
+                } else {
+                    raw.clone()
+                };
+                // bsdiff models code whose addresses moved (rebuilt kernel modules, binaries)
+                // far better than a zstd reference; its raw output compresses in the part. Its
+                // size there is estimated with a fast zstd level (the part's level does better).
+                let bs = if oldc.len() as u64 <= BSDIFF_MAX_SOURCE {
+                    let mut bs = Vec::new();
+                    bsdiff::diff(&oldc, data, &mut bs).context("bsdiff")?;
+                    let est = zstd::bulk::compress(&bs, 3).context("compressing")?.len();
+                    Some((bs, est))
+                } else {
+                    None
+                };
+                if let Some((bs, est)) = bs.filter(|(_, est)| *est < patch.len().min(raw.len())) {
+                    let mut op = vec![OP_PATCH_BSDIFF];
+                    op.extend_from_slice(&c.0);
+                    op.extend_from_slice(&header);
+                    put_u64(&mut op, size);
+                    op.extend_from_slice(&src.0);
+                    put_u64(&mut op, bs.len() as u64);
+                    pw.write(&op)?;
+                    pw.write(&bs)?;
+                    sum.patched_files += 1;
+                    sum.patched_bytes += size;
+                    sum.patch_bytes += est as u64;
+                    return pw.end_object(*c);
+                }
                 if patch.len() < raw.len() {
                     let mut op = vec![OP_PATCH_ZSTD];
                     op.extend_from_slice(&c.0);
@@ -563,6 +595,26 @@ fn emit(
     sum.new_files += 1;
     sum.new_bytes += size;
     pw.end_object(*c)
+}
+
+/// Larger sources are not bsdiffed (suffix sorting costs ~9× the source in publisher memory).
+const BSDIFF_MAX_SOURCE: u64 = 32 << 20;
+
+/// Largest source + target of a zstd patch: applying one holds the source and a window of this
+/// size in memory, which must fit the device's budget next to the part decoder.
+const ZSTD_PATCH_MAX_PAIR: u64 = 2 << 20;
+
+/// The zstd level for a patch whose reference plus target are `total` bytes: `max` for small
+/// files; lower for big ones, where the optimal parsers of levels 16+ spend minutes indexing
+/// the reference for a few percent (measured on Debian's kernel modules and firmware).
+fn patch_level(total: usize, max: i32) -> i32 {
+    if total <= 2 << 20 {
+        max
+    } else if total <= 16 << 20 {
+        max.min(15)
+    } else {
+        max.min(9)
+    }
 }
 
 /// One zstd frame of `new` with `old` as reference prefix (`zstd --patch-from`).
