@@ -1,8 +1,9 @@
 #!/bin/bash
 # Delta benchmark: otter deltas vs ostree static deltas vs zstd --patch-from vs full layers,
 # on a real Debian image pair (arm64, bookworm → bookworm + updates + security). One run prints
-# every number side by side. Needs: mmdebstrap, ostree, zstd, gzip, /usr/bin/time, network to
-# deb.debian.org (apt). Images are cached in bench/.cache/ (gitignored); delete it to rebuild.
+# every number side by side. Needs: mmdebstrap, ostree, zstd, gzip, /usr/bin/time, and the
+# host's apt sources for bookworm and bookworm-security. Images are cached in bench/.cache/
+# (gitignored); delete it to rebuild.
 #
 # Usage: bench/delta.sh           (from the repository root or anywhere)
 set -euo pipefail
@@ -14,8 +15,18 @@ for t in mmdebstrap ostree zstd gzip /usr/bin/time; do
     command -v "$t" >/dev/null || { echo "missing $t (apt: mmdebstrap ostree zstd gzip time)" >&2; exit 1; }
 done
 
-M=http://deb.debian.org/debian
-S=http://deb.debian.org/debian-security
+# The mirrors this machine's apt already uses (deb822 .sources or one-line .list files): the
+# first URI serving the suite bookworm, and the one serving bookworm-security.
+apt_uri() { # SUITE
+    apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 2>/dev/null |
+        awk -v s="$1" '$2 == s { sub(/\/$/, "", $1); print $1; exit }'
+}
+M=$(apt_uri bookworm)
+S=$(apt_uri bookworm-security)
+[ -n "$M" ] && [ -n "$S" ] || {
+    echo "apt has no bookworm and bookworm-security sources configured (run apt-get update first)" >&2
+    exit 1
+}
 INC=linux-image-arm64,openssh-server,curl,ca-certificates
 # --variant=extract: arm64 maintainer scripts cannot run here (no qemu-user binfmt); extract
 # unpacks Essential packages plus --include and their dependencies.
