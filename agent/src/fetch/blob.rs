@@ -17,6 +17,9 @@ use crate::progress::{Event, Progress};
 use crate::source::digest::{hex, sha256_hex};
 use crate::source::{Descriptor, SourceOptions, VerificationError};
 
+mod ranges;
+pub use ranges::{remove_ranges, Ranges};
+
 /// Read buffer per download.
 const BUF_SIZE: usize = 64 * 1024;
 /// Journal format version.
