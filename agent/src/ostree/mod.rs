@@ -867,6 +867,73 @@ mod tests {
         assert!(Checksum::from_hex(&format!("{}g", &h[1..])).is_err());
     }
 
+    /// Payload links: written for big regular files only, in ostree's form; a stale link (its
+    /// object pruned) or a malformed one is ignored, and prune drops links with their object.
+    #[test]
+    fn payload_links() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repo::init(&d.path().join("repo"), RepoMode::BareUser).unwrap();
+        repo.set_payload_link_threshold(Some(10));
+        let hdr = FileHeader {
+            uid: 0,
+            gid: 0,
+            mode: objects::S_IFREG | 0o644,
+            symlink_target: String::new(),
+            xattrs: Vec::new(),
+        };
+        let big = b"0123456789abcdef".to_vec();
+        let mut tx = repo.transaction().unwrap();
+        let obj = tx.write_file(&hdr, &mut &big[..]).unwrap();
+        let small = tx.write_file(&hdr, &mut &b"tiny"[..]).unwrap();
+        tx.finish().unwrap();
+        let sum = Checksum::of(&big);
+        assert_eq!(repo.payload_link(&sum), Some(obj));
+        assert_eq!(repo.payload_link(&Checksum::of(b"tiny")), None);
+        let link = repo.object_path(ObjectKind::PayloadLink, &sum);
+        let hex = obj.to_hex();
+        assert_eq!(
+            fs::read_link(&link).unwrap().to_str().unwrap(),
+            format!("../{}/{}.file", &hex[..2], &hex[2..])
+        );
+        assert!(repo.has_object(ObjectKind::File, &small));
+
+        // Malformed targets are ignored.
+        for bad in [
+            "../zz/x.file",
+            "/etc/passwd",
+            &format!("{}/{}.file", &hex[..2], &hex[2..]),
+        ] {
+            fs::remove_file(&link).unwrap();
+            std::os::unix::fs::symlink(bad, &link).unwrap();
+            assert_eq!(repo.payload_link(&sum), None, "{bad}");
+        }
+        // Stale: the object is gone. A new write replaces the link.
+        fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(format!("../{}/{}.file", &hex[..2], &hex[2..]), &link).unwrap();
+        fs::remove_file(repo.object_path(ObjectKind::File, &obj)).unwrap();
+        assert_eq!(repo.payload_link(&sum), None);
+        let hdr2 = FileHeader {
+            mode: objects::S_IFREG | 0o600,
+            ..hdr.clone()
+        };
+        let mut tx = repo.transaction().unwrap();
+        let obj2 = tx.write_file(&hdr2, &mut &big[..]).unwrap();
+        tx.finish().unwrap();
+        assert_eq!(repo.payload_link(&sum), Some(obj2));
+
+        // Nothing refers to the object: prune deletes it and its link.
+        repo.prune().unwrap();
+        assert!(!repo.has_object(ObjectKind::File, &obj2));
+        assert!(fs::symlink_metadata(&link).is_err());
+
+        // Off: no links.
+        repo.set_payload_link_threshold(None);
+        let mut tx = repo.transaction().unwrap();
+        tx.write_file(&hdr, &mut &big[..]).unwrap();
+        tx.finish().unwrap();
+        assert!(fs::symlink_metadata(&link).is_err());
+    }
+
     #[test]
     fn ref_names() {
         assert!(validate_ref_name("ostree/0/1/0").is_ok());
