@@ -433,6 +433,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.update.stateroot, "fedora-iot");
+        assert_eq!(c.update.payload_link_threshold, Some(4096));
+        for (v, want) in [("8K", Some(8192)), ("0", Some(0)), ("off", None)] {
+            let c = Config::parse(&format!("[update]\npayload-link-threshold = {v}\n")).unwrap();
+            assert_eq!(c.update.payload_link_threshold, want, "{v}");
+        }
         assert_eq!(
             c.registry.insecure_hosts,
             vec!["127.0.0.1:5000", "reg.local"]
@@ -461,6 +466,11 @@ mod tests {
     #[test]
     fn errors_name_key_and_line() {
         let cases = [
+            (
+                "[update]\npayload-link-threshold = big\n",
+                "line 2",
+                "payload-link-threshold",
+            ),
             ("[update]\nstaterot = x\n", "line 2", "staterot"),
             ("[updates]\n", "line 1", "[updates]"),
             ("[boot]\n\ntries = many\n", "line 3", "tries"),
