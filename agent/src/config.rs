@@ -39,6 +39,10 @@ pub struct UpdateConfig {
     pub platform: Option<String>,
     /// Keep the downloaded blobs under `ostree/otter/blobs` after a successful update.
     pub keep_blobs: bool,
+    /// Imported regular files of at least this many bytes get an ostree payload link (a local
+    /// index by content SHA-256, used to skip files of zstd:chunked layers the repo already
+    /// has); None (`off`): no links are written.
+    pub payload_link_threshold: Option<u64>,
 }
 
 /// `[registry]`
@@ -137,6 +141,7 @@ impl Default for Config {
                 image: None,
                 platform: None,
                 keep_blobs: false,
+                payload_link_threshold: Some(crate::ostree::DEFAULT_PAYLOAD_LINK_THRESHOLD),
             },
             registry: RegistryConfig {
                 insecure_hosts: Vec::new(),
@@ -267,6 +272,14 @@ impl Config {
             ("update", "image") => self.update.image = opt_str(v),
             ("update", "platform") => self.update.platform = opt_str(v),
             ("update", "keep-blobs") => self.update.keep_blobs = parse_bool(v)?,
+            ("update", "payload-link-threshold") => {
+                self.update.payload_link_threshold = match v {
+                    "off" => None,
+                    v => Some(parse_rate(v).map_err(|_| {
+                        anyhow::anyhow!("expected a size in bytes like 4096 or 4K, or off")
+                    })?),
+                }
+            }
             ("registry", "insecure-hosts") => self.registry.insecure_hosts = list(v),
             ("registry", "ca-file") => self.registry.ca_file = opt_path(v),
             ("registry", "auth-file") => self.registry.auth_file = opt_path(v),
@@ -441,6 +454,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.update.stateroot, "fedora-iot");
+        assert_eq!(c.update.payload_link_threshold, Some(4096));
+        for (v, want) in [("8K", Some(8192)), ("0", Some(0)), ("off", None)] {
+            let c = Config::parse(&format!("[update]\npayload-link-threshold = {v}\n")).unwrap();
+            assert_eq!(c.update.payload_link_threshold, want, "{v}");
+        }
         assert_eq!(
             c.registry.insecure_hosts,
             vec!["127.0.0.1:5000", "reg.local"]
@@ -469,6 +487,11 @@ mod tests {
     #[test]
     fn errors_name_key_and_line() {
         let cases = [
+            (
+                "[update]\npayload-link-threshold = big\n",
+                "line 2",
+                "payload-link-threshold",
+            ),
             ("[update]\nstaterot = x\n", "line 2", "staterot"),
             ("[updates]\n", "line 1", "[updates]"),
             ("[boot]\n\ntries = many\n", "line 3", "tries"),

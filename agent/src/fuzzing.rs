@@ -254,3 +254,37 @@ pub fn delta(data: &[u8]) {
         }
     }
 }
+
+/// A zstd:chunked TOC (its JSON): what parses must satisfy the invariants the partial pull
+/// relies on (content ranges inside the data, bounded sizes and counts, permission bits only).
+pub fn zstd_chunked_toc(data: &[u8]) {
+    use crate::chunked::toc::{parse_json, Kind};
+    const DATA_END: u64 = 1 << 20;
+    let limits = ImportLimits {
+        max_layer_size: 1 << 30,
+        max_entries: 10_000,
+    };
+    let Ok(toc) = parse_json(data, DATA_END, &limits) else {
+        return;
+    };
+    assert!(toc.entries.len() as u64 <= limits.max_entries);
+    let mut total = 0u64;
+    for e in &toc.entries {
+        assert!(e.mode <= 0o7777, "mode {:o}", e.mode);
+        assert!(!e.name.is_empty());
+        if e.kind == Kind::Reg {
+            total += e.size;
+            if e.size > 0 {
+                assert!(e.digest.is_some(), "{e:?}");
+                assert!(
+                    0 < e.offset && e.offset < e.end && e.end <= DATA_END,
+                    "{e:?}"
+                );
+            }
+        }
+        for w in e.xattrs.windows(2) {
+            assert!(w[0].0 < w[1].0, "xattrs not sorted: {e:?}");
+        }
+    }
+    assert!(total <= limits.max_layer_size);
+}

@@ -17,6 +17,7 @@
 //! [`update`] runs the flow; [`cli`] maps the command line onto it.
 
 pub mod boot;
+pub mod chunked;
 pub mod cli;
 pub mod config;
 pub mod delta;

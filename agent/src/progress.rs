@@ -42,8 +42,9 @@ pub enum Event {
         index: usize,
         count: usize,
     },
-    /// How the update will be fetched: `path` "delta" or "layers", `bytes` to download (at
-    /// most: blobs already downloaded are not subtracted).
+    /// How the update will be fetched: `path` "delta", "chunked" (zstd:chunked layers: only
+    /// the files the repository lacks) or "layers", `bytes` to download (at most: blobs already
+    /// downloaded are not subtracted).
     Plan { path: String, bytes: u64 },
     /// A deploy step (e.g. "checkout", "bootloader", "staged").
     Deploy { step: String },

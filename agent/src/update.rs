@@ -25,13 +25,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
+use crate::chunked;
 use crate::config::Config;
 use crate::delta;
 use crate::deploy::{
     BeforeSwitch, DeployOptions, Deployment, Origin, Switch, Sysroot, DIFF_IDS_KEY,
     IMAGE_REF_PREFIX,
 };
-use crate::import::{layer_ref, Importer, IMPORT_RULES_VERSION};
+use crate::import::{layer_ref, ImportLimits, Importer, IMPORT_RULES_VERSION};
 use crate::ostree::{Checksum, MetaValue, ObjectKind, Repo};
 use crate::progress::{Event, NoProgress, Progress};
 use crate::source::{self, ImageRef, ImageSource, ResolvedImage, SourceOptions};
@@ -64,9 +65,11 @@ impl Default for UpdateOptions {
 /// How an update's tree gets into the repo.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchPlan {
-    /// "delta" or "layers".
+    /// "delta", "chunked" (zstd:chunked layers, only the files the repository lacks; see
+    /// [`crate::chunked`]) or "layers".
     pub path: &'static str,
-    /// Bytes to download (the delta's blobs, or the image's layers).
+    /// Bytes to download (the delta's blobs, or the image's layers: whole, or the TOCs and
+    /// missing files of zstd:chunked ones).
     pub bytes: u64,
 }
 
@@ -294,6 +297,8 @@ fn run(
     before_switch: BeforeSwitch<'_>,
 ) -> Result<Outcome> {
     let progress = opts.progress.clone();
+    s.repo()
+        .set_payload_link_threshold(opts.config.update.payload_link_threshold);
     let blobs = blob_dir(s.path(), stateroot);
     let sopts = opts.source_options(blobs.clone());
     let mut src = source::open(image, &sopts)?;
@@ -505,17 +510,31 @@ pub fn fetch_plan(
         Some(r) => recorded_layers(r, image),
         None => vec![None; image.manifest.layers.len()],
     };
-    let layers = FetchPlan {
+    let mut layers = FetchPlan {
         path: "layers",
-        bytes: image
-            .manifest
-            .layers
-            .iter()
-            .zip(&recorded)
-            .filter(|(_, r)| r.is_none())
-            .map(|(l, _)| l.size)
-            .sum(),
+        bytes: 0,
     };
+    for (l, _) in image
+        .manifest
+        .layers
+        .iter()
+        .zip(&recorded)
+        .filter(|(_, r)| r.is_none())
+    {
+        let partial = repo.and_then(|r| {
+            chunked::plan(r, src, l, &ImportLimits::default()).unwrap_or_else(|e| {
+                log::warn!("{e:#}; the layer would be fetched whole");
+                None
+            })
+        });
+        match partial {
+            Some(p) => {
+                layers.path = "chunked";
+                layers.bytes += p.bytes();
+            }
+            None => layers.bytes += l.size,
+        }
+    }
     let Some(base) = base else {
         return layers;
     };
@@ -745,14 +764,18 @@ enum ImportError {
         layer_ref: String,
         err: anyhow::Error,
     },
+    /// A zstd:chunked partial pull failed: retry with whole layers.
+    Chunked(anyhow::Error),
     Other(anyhow::Error),
 }
 
 /// Import all layers of `image` into one commit (no ref is set). Layers an earlier import
 /// recorded (same diff_id) are applied from their `otter/layer/…` commit instead of being
-/// downloaded; the others are downloaded, applied and recorded. The tree is the same either way
-/// (the caller checks it against the signed content checksum). If replaying a recorded layer
-/// fails, its ref is dropped and everything is downloaded.
+/// downloaded; of zstd:chunked layers only the files the repository lacks are downloaded
+/// ([`crate::chunked`]); the others are downloaded whole. Downloaded layers are recorded. The
+/// tree is the same either way (the caller checks it against the signed content checksum). If
+/// replaying a recorded layer fails, its ref is dropped and everything is downloaded; if a
+/// partial pull fails, the layers are downloaded whole.
 pub fn import(
     repo: &Repo,
     src: &mut dyn ImageSource,
@@ -760,17 +783,22 @@ pub fn import(
     stmt: Option<&ReleaseStatement>,
     progress: &dyn Progress,
 ) -> Result<Checksum> {
-    let recorded = recorded_layers(repo, image);
-    match import_layers(repo, src, image, stmt, progress, &recorded) {
-        Ok(c) => Ok(c),
-        Err(ImportError::Other(e)) => Err(e),
-        Err(ImportError::Replay { layer_ref, err }) => {
-            log::warn!("{err:#}; dropping {layer_ref} and downloading all layers");
-            repo.set_ref(&layer_ref, None)?;
-            let none = vec![None; recorded.len()];
-            import_layers(repo, src, image, stmt, progress, &none).map_err(|e| match e {
-                ImportError::Other(e) | ImportError::Replay { err: e, .. } => e,
-            })
+    let mut recorded = recorded_layers(repo, image);
+    let mut chunked = true;
+    loop {
+        match import_layers(repo, src, image, stmt, progress, &recorded, chunked) {
+            Ok(c) => return Ok(c),
+            Err(ImportError::Other(e)) => return Err(e),
+            Err(ImportError::Replay { layer_ref, err }) if recorded.iter().any(Option::is_some) => {
+                log::warn!("{err:#}; dropping {layer_ref} and downloading all layers");
+                repo.set_ref(&layer_ref, None)?;
+                recorded = vec![None; recorded.len()];
+            }
+            Err(ImportError::Chunked(err)) if chunked => {
+                log::warn!("{err:#}; downloading the whole layers instead");
+                chunked = false;
+            }
+            Err(ImportError::Replay { err, .. } | ImportError::Chunked(err)) => return Err(err),
         }
     }
 }
@@ -782,27 +810,56 @@ fn import_layers(
     stmt: Option<&ReleaseStatement>,
     progress: &dyn Progress,
     recorded: &[Option<Checksum>],
+    chunked: bool,
 ) -> std::result::Result<Checksum, ImportError> {
     let layers = &image.manifest.layers;
     let diff_ids = &image.config.diff_ids;
+    let mut imp = Importer::new(repo);
+    // Partial pulls of zstd:chunked layers (this fetches their TOCs).
+    let plans: Vec<Option<chunked::Plan>> = layers
+        .iter()
+        .zip(recorded)
+        .enumerate()
+        .map(|(i, (l, r))| {
+            if !chunked || r.is_some() {
+                return None;
+            }
+            chunked::plan(repo, src, l, &imp.limits()).unwrap_or_else(|e| {
+                log::warn!("layer {i} ({}): {e:#}; fetching the whole layer", l.digest);
+                None
+            })
+        })
+        .collect();
     let to_fetch: Vec<_> = layers
         .iter()
         .zip(recorded)
-        .filter(|(_, r)| r.is_none())
-        .map(|(l, _)| l.clone())
+        .zip(&plans)
+        .filter(|((_, r), p)| r.is_none() && p.is_none())
+        .map(|((l, _), _)| l.clone())
         .collect();
-    if to_fetch.len() < layers.len() {
+    if plans.iter().any(Option::is_some) {
+        progress.event(&Event::Plan {
+            path: "chunked".into(),
+            bytes: plans
+                .iter()
+                .flatten()
+                .map(chunked::Plan::bytes)
+                .sum::<u64>()
+                + to_fetch.iter().map(|l| l.size).sum::<u64>(),
+        });
+    }
+    let replayed = recorded.iter().filter(|r| r.is_some()).count();
+    if replayed > 0 {
         log::info!(
             "{}: {} of {} layers are already in the repository and are not downloaded",
             image.reference,
-            layers.len() - to_fetch.len(),
+            replayed,
             layers.len()
         );
     }
     src.prefetch(&to_fetch)
         .with_context(|| format!("downloading {}", image.reference))
         .map_err(ImportError::Other)?;
-    let mut imp = Importer::new(repo);
     for (i, layer) in layers.iter().enumerate() {
         progress.event(&Event::Import {
             digest: layer.digest.clone(),
@@ -827,6 +884,23 @@ fn import_layers(
                     )),
                 });
             }
+            continue;
+        }
+        if let Some(plan) = &plans[i] {
+            chunked::import_layer(
+                &mut imp,
+                repo,
+                src,
+                layer,
+                plan,
+                diff_id.map(String::as_str),
+            )
+            .map_err(|e| {
+                ImportError::Chunked(e.context(format!(
+                    "partial pull of zstd:chunked layer {i} ({})",
+                    layer.digest
+                )))
+            })?;
             continue;
         }
         let mut r = src

@@ -120,3 +120,8 @@ fn make_delta_seed() {
     sb.extend(fs::read(out.join("superblock")).unwrap());
     fs::write(dir.join("superblock"), sb).unwrap();
 }
+
+#[test]
+fn zstd_chunked_toc() {
+    run("zstd_chunked_toc", otter::fuzzing::zstd_chunked_toc);
+}

@@ -133,4 +133,19 @@ minisign -S -s "$tmp/k.key" -m "$tmp/stmt.json" -x "$tmp/stmt.sig" \
 put verify signature '\x01' "$tmp/stmt.sig"
 put verify pubkey '\x02' "$tmp/k.pub"
 
+# --- zstd:chunked TOC: a real layer converted by skopeo (needs umoci, skopeo, zstd, jq).
+mkdir -p "$c/zstd_chunked_toc" "$tmp/z"
+umoci init --layout "$tmp/z/lay" && umoci new --image "$tmp/z/lay:a"
+mkdir -p "$tmp/z/root/etc" "$tmp/z/root/usr/bin"
+echo hi >"$tmp/z/root/etc/x"; ln -s x "$tmp/z/root/etc/y"; ln "$tmp/z/root/etc/x" "$tmp/z/root/etc/z"
+head -c 300000 /dev/urandom >"$tmp/z/root/usr/bin/big"; : >"$tmp/z/root/empty"
+tar --numeric-owner -C "$tmp/z/root" -cf "$tmp/z/l.tar" .
+umoci raw add-layer --image "$tmp/z/lay:a" "$tmp/z/l.tar"
+skopeo --insecure-policy copy -q --dest-compress-format zstd:chunked "oci:$tmp/z/lay:a" "oci:$tmp/z/out:a"
+m=$(jq -r '.manifests[0].digest' "$tmp/z/out/index.json" | cut -d: -f2)
+l=$(jq -r '.layers[0].digest' "$tmp/z/out/blobs/sha256/$m" | cut -d: -f2)
+pos=$(jq -r '.layers[0].annotations | to_entries[] | select(.key|endswith("manifest-position")) | .value' "$tmp/z/out/blobs/sha256/$m")
+IFS=: read -r off len _ <<<"$pos"
+tail -c +$((off + 1)) "$tmp/z/out/blobs/sha256/$l" | head -c "$len" | zstd -dc >"$c/zstd_chunked_toc/skopeo"
+
 echo "seeds written to $c/"

@@ -18,6 +18,9 @@ use crate::progress::{Event, Progress};
 use crate::source::digest::{hex, sha256_hex};
 use crate::source::{Descriptor, SourceOptions, VerificationError};
 
+mod ranges;
+pub use ranges::{remove_ranges, Ranges};
+
 /// Read buffer per download.
 const BUF_SIZE: usize = 64 * 1024;
 /// Writes to the partial file pass a crash point (`crate::fsutil`) once per this many bytes of

@@ -22,7 +22,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use auth::{load_auth_file, Credentials};
-pub use blob::{download_blobs, remove_blob, BlobFetcher};
+pub use blob::{download_blobs, remove_blob, remove_ranges, BlobFetcher, Ranges};
 pub use client::RegistryClient;
 pub use limit::RateLimiter;
 

@@ -507,6 +507,81 @@ impl<'r> Importer<'r> {
             .with_context(|| format!("applying layer {n} from the recorded layer commit {commit}"))
     }
 
+    /// Apply a zstd:chunked layer from its table of contents ([`crate::chunked`]) instead of
+    /// its tar: every TOC entry goes through the same rules as a tar entry (names, whiteouts,
+    /// hard links, setid and device policy, limits); a regular file's content comes from
+    /// `content` (which checks it against the TOC digest). With `diff_id`, the layer is recorded
+    /// like [`apply_layer_recorded`](Self::apply_layer_recorded); the diff_id cannot be checked
+    /// without the tar, but the TOC is authenticated by the same manifest that pins the config
+    /// naming the diff_id.
+    pub(crate) fn apply_layer_toc(
+        &mut self,
+        toc: &crate::chunked::toc::Toc,
+        content: &mut dyn ContentSource,
+        diff_id: Option<&str>,
+    ) -> Result<()> {
+        self.layer += 1;
+        let n = self.layer;
+        self.recording = diff_id.map(|_| Vec::new());
+        let res = self
+            .apply_layer_toc_inner(toc, content)
+            .with_context(|| format!("applying layer {n} from its zstd:chunked TOC"));
+        let ops = self.recording.take().unwrap_or_default();
+        res?;
+        if let Some(d) = diff_id {
+            self.recorded.push(RecordedLayer {
+                diff_id: d.to_owned(),
+                ops,
+            });
+        }
+        Ok(())
+    }
+
+    fn apply_layer_toc_inner(
+        &mut self,
+        toc: &crate::chunked::toc::Toc,
+        content: &mut dyn ContentSource,
+    ) -> Result<()> {
+        use crate::chunked::toc::Kind;
+        self.tx()?;
+        self.content_bytes = 0;
+        for e in &toc.entries {
+            self.entries += 1;
+            if self.entries > self.limits.max_entries {
+                bail!(
+                    "the image has more than {} entries (import limit max_entries); refusing it",
+                    self.limits.max_entries
+                );
+            }
+            let meta = EntryMeta {
+                kind: match e.kind {
+                    Kind::Reg => EntryKind::Reg,
+                    Kind::Dir => EntryKind::Dir,
+                    Kind::Symlink => EntryKind::Symlink,
+                    Kind::Hardlink => EntryKind::Hardlink,
+                    Kind::Char | Kind::Block => EntryKind::Device,
+                    Kind::Fifo => EntryKind::Fifo,
+                },
+                path: e.name.as_bytes().to_vec(),
+                link: e.link_name.as_bytes().to_vec(),
+                mode: e.mode,
+                uid: e.uid,
+                gid: e.gid,
+                size: e.size,
+                exact_size: true,
+                xattrs: e.xattrs.clone(),
+            };
+            let res = if e.kind == Kind::Reg && e.size > 0 {
+                let mut r = content.open(e)?;
+                self.apply_meta(meta, &mut r)
+            } else {
+                self.apply_meta(meta, &mut io::empty())
+            };
+            res.with_context(|| format!("layer entry {:?}", e.name))?;
+        }
+        Ok(())
+    }
+
     fn apply_layer_commit_inner(&mut self, commit: &Checksum) -> Result<()> {
         self.tx()?;
         let repo = self.repo;
@@ -680,7 +755,6 @@ impl<'r> Importer<'r> {
 
     fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         use tar::EntryType as T;
-        let layer = self.layer;
         let etype = entry.header().entry_type();
         if matches!(
             etype,
@@ -688,12 +762,83 @@ impl<'r> Importer<'r> {
         ) {
             return Ok(());
         }
-        let raw = entry.path_bytes().into_owned();
-        let comps = split_path(&raw)?;
+        let path = entry.path_bytes().into_owned();
+        let whiteout = split_path(&path)
+            .ok()
+            .and_then(|c| c.last().map(|n| n.starts_with(".wh.")))
+            .unwrap_or(false);
+        let kind = match etype {
+            // A whiteout is a marker whatever its type; only its name counts.
+            _ if whiteout => EntryKind::Reg,
+            T::Directory => EntryKind::Dir,
+            T::Regular | T::Continuous | T::GNUSparse => EntryKind::Reg,
+            T::Symlink => EntryKind::Symlink,
+            T::Link => EntryKind::Hardlink,
+            T::Char | T::Block => EntryKind::Device,
+            T::Fifo => EntryKind::Fifo,
+            other => {
+                split_path(&path)?;
+                bail!("unsupported tar entry type {other:?}")
+            }
+        };
+        // Owners, modes and xattrs are only read for the kinds that use them (a device
+        // node's or a whiteout's header is not parsed beyond its type).
+        let link = match kind {
+            _ if whiteout => Vec::new(),
+            EntryKind::Symlink => entry
+                .link_name_bytes()
+                .context("symlink without a target")?
+                .into_owned(),
+            EntryKind::Hardlink => entry
+                .link_name_bytes()
+                .context("hard link without a target")?
+                .into_owned(),
+            _ => Vec::new(),
+        };
+        let mut meta = EntryMeta {
+            kind,
+            path,
+            link,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            exact_size: false,
+            xattrs: Vec::new(),
+        };
+        if !whiteout && matches!(kind, EntryKind::Dir | EntryKind::Reg | EntryKind::Symlink) {
+            let h = entry.header();
+            meta.uid = owner(h.uid())?;
+            meta.gid = owner(h.gid())?;
+            if kind != EntryKind::Symlink {
+                meta.mode = h.mode().context("invalid mode")? & 0o7777;
+            }
+            if kind == EntryKind::Reg {
+                meta.size = if etype == T::GNUSparse {
+                    h.as_gnu()
+                        .context("sparse entry without a GNU header")?
+                        .real_size()
+                        .context("invalid sparse file size")?
+                } else {
+                    entry.size()
+                };
+                meta.exact_size = etype != T::GNUSparse;
+            }
+            meta.xattrs = pax_xattrs(entry)?;
+        }
+        self.apply_meta(meta, entry)
+    }
+
+    /// Apply one layer entry described by `m` (from a tar header or a zstd:chunked TOC entry),
+    /// its content read from `content` (regular files only): the import rules of the module
+    /// docs, then [`apply_op`](Self::apply_op).
+    fn apply_meta(&mut self, m: EntryMeta, content: &mut dyn Read) -> Result<()> {
+        let layer = self.layer;
+        let comps = split_path(&m.path)?;
         let Some((name, parents)) = comps.split_last() else {
             // The root itself ("./").
-            if etype == T::Directory {
-                return self.apply_op(Op::Root(dir_meta(entry)?));
+            if m.kind == EntryKind::Dir {
+                return self.apply_op(Op::Root(m.dir_meta()));
             }
             bail!("entry for the root directory is not a directory");
         };
@@ -710,28 +855,20 @@ impl<'r> Importer<'r> {
             return self.apply_op(Op::Whiteout(comps));
         }
 
-        match etype {
-            T::Directory => {
-                let meta = dir_meta(entry)?;
+        match m.kind {
+            EntryKind::Dir => {
+                let meta = m.dir_meta();
                 self.apply_op(Op::Dir(comps, meta))
             }
-            T::Regular | T::Continuous | T::GNUSparse => {
-                let h = entry.header();
-                let mode = h.mode().context("invalid mode")? & 0o7777;
-                let declared = if etype == T::GNUSparse {
-                    h.as_gnu()
-                        .context("sparse entry without a GNU header")?
-                        .real_size()
-                        .context("invalid sparse file size")?
-                } else {
-                    entry.size()
-                };
+            EntryKind::Reg => {
+                let mode = m.mode & 0o7777;
+                let declared = m.size;
                 let header = FileHeader {
-                    uid: owner(h.uid())?,
-                    gid: owner(h.gid())?,
+                    uid: m.uid,
+                    gid: m.gid,
                     mode: S_IFREG | mode,
                     symlink_target: String::new(),
-                    xattrs: pax_xattrs(entry)?,
+                    xattrs: m.xattrs,
                 };
                 let setid = mode & 0o6000 != 0;
                 if setid {
@@ -753,9 +890,9 @@ impl<'r> Importer<'r> {
                 let parent = dir_mut(&mut self.root, parents, layer, true)?
                     .context("parent directory missing")?;
                 check_not_duplicate(parent, name, layer)?;
-                let size = (etype != T::GNUSparse).then(|| entry.size());
+                let size = m.exact_size.then_some(declared);
                 let mut content = Bounded {
-                    inner: entry,
+                    inner: content,
                     left: budget,
                     limit: self.limits.max_layer_size,
                 };
@@ -769,22 +906,17 @@ impl<'r> Importer<'r> {
                     setid,
                 })
             }
-            T::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .context("symlink without a target")?
-                    .into_owned();
-                let target = String::from_utf8(target).context("symlink target is not UTF-8")?;
+            EntryKind::Symlink => {
+                let target = String::from_utf8(m.link).context("symlink target is not UTF-8")?;
                 if target.is_empty() || target.contains('\0') {
                     bail!("symlink has an empty or invalid target");
                 }
-                let h = entry.header();
                 let header = FileHeader {
-                    uid: owner(h.uid())?,
-                    gid: owner(h.gid())?,
+                    uid: m.uid,
+                    gid: m.gid,
                     mode: S_IFLNK | 0o777,
                     symlink_target: target,
-                    xattrs: pax_xattrs(entry)?,
+                    xattrs: m.xattrs,
                 };
                 let parent = dir_mut(&mut self.root, parents, layer, true)?
                     .context("parent directory missing")?;
@@ -797,17 +929,13 @@ impl<'r> Importer<'r> {
                     setid: false,
                 })
             }
-            T::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .context("hard link without a target")?
-                    .into_owned();
-                let tcomps = split_path(&target).with_context(|| {
-                    format!("hard link target {:?}", String::from_utf8_lossy(&target))
+            EntryKind::Hardlink => {
+                let tcomps = split_path(&m.link).with_context(|| {
+                    format!("hard link target {:?}", String::from_utf8_lossy(&m.link))
                 })?;
                 self.apply_op(Op::Link(comps, tcomps))
             }
-            T::Char | T::Block => {
+            EntryKind::Device => {
                 let top = parents.first().map(String::as_str).unwrap_or("");
                 if !EMPTIED_DIRS.contains(&top) {
                     bail!(
@@ -819,14 +947,13 @@ impl<'r> Importer<'r> {
                 log::debug!("dropping device node {:?}", comps.join("/"));
                 Ok(())
             }
-            T::Fifo => {
+            EntryKind::Fifo => {
                 log::warn!(
                     "dropping fifo {:?}: ostree cannot store it",
                     comps.join("/")
                 );
                 Ok(())
             }
-            other => bail!("unsupported tar entry type {other:?}"),
         }
     }
 
@@ -1208,14 +1335,54 @@ fn owner(v: io::Result<u64>) -> Result<u32> {
     u32::try_from(v).map_err(|_| anyhow!("owner id {v} is out of range"))
 }
 
-fn dir_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<DirMeta> {
-    let h = entry.header();
-    Ok(DirMeta {
-        uid: owner(h.uid())?,
-        gid: owner(h.gid())?,
-        mode: S_IFDIR | (h.mode().context("invalid mode")? & 0o7777),
-        xattrs: pax_xattrs(entry)?,
-    })
+/// Where [`Importer::apply_layer_toc`] gets file contents from.
+pub(crate) trait ContentSource {
+    /// A reader over the content of a regular file of the TOC; it must fail (at the latest at
+    /// its end) unless the bytes are the entry's (size and digest).
+    fn open(&mut self, entry: &crate::chunked::toc::Entry) -> Result<Box<dyn Read + '_>>;
+}
+
+/// What a layer entry is, for [`Importer::apply_meta`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EntryKind {
+    Dir,
+    Reg,
+    Symlink,
+    Hardlink,
+    /// Character or block device.
+    Device,
+    Fifo,
+}
+
+/// One layer entry, from a tar header or a zstd:chunked TOC entry.
+#[derive(Clone, Debug)]
+pub(crate) struct EntryMeta {
+    pub kind: EntryKind,
+    /// The path as the layer names it (normalized and checked by the importer).
+    pub path: Vec<u8>,
+    /// Symlink or hard link target.
+    pub link: Vec<u8>,
+    /// Permission bits (`& 0o7777`; ignored for symlinks).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Declared content size (regular files).
+    pub size: u64,
+    /// The content must be exactly `size` bytes (false for GNU sparse files).
+    pub exact_size: bool,
+    /// Sorted, empty values dropped.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EntryMeta {
+    fn dir_meta(&self) -> DirMeta {
+        DirMeta {
+            uid: self.uid,
+            gid: self.gid,
+            mode: S_IFDIR | (self.mode & 0o7777),
+            xattrs: self.xattrs.clone(),
+        }
+    }
 }
 
 fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

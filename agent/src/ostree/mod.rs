@@ -26,12 +26,25 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 pub use objects::{DirMeta, DirTree, FileHeader, Xattrs};
 pub use transaction::Transaction;
+
+/// The object checksum in a payload link's target `../xx/<62 hex>.file` (ostree's
+/// `_OSTREE_PAYLOAD_LINK_PREFIX` + loose path of a bare/bare-user content object).
+pub(crate) fn parse_payload_link_target(t: &str) -> Option<Checksum> {
+    let rest = t.strip_prefix("../")?;
+    let (dir, file) = rest.split_once('/')?;
+    let hex = file.strip_suffix(".file")?;
+    if dir.len() != 2 || hex.len() != 62 {
+        return None;
+    }
+    Checksum::from_hex(&format!("{dir}{hex}")).ok()
+}
 
 /// Largest metadata object we read (ostree's `OSTREE_MAX_METADATA_SIZE`).
 pub const MAX_METADATA_SIZE: u64 = 128 * 1024 * 1024;
@@ -136,6 +149,10 @@ pub enum ObjectKind {
     DirTree,
     DirMeta,
     Commit,
+    /// `objects/xx/<sha256 of the content>.payload-link`: a symlink `../yy/<rest>.file` to a
+    /// regular-file content object with that content (ostree's `payload-link-threshold`
+    /// feature); named by the plain SHA-256 of the file's bytes, not by an object checksum.
+    PayloadLink,
 }
 
 impl ObjectKind {
@@ -145,6 +162,7 @@ impl ObjectKind {
             ObjectKind::DirTree => "dirtree",
             ObjectKind::DirMeta => "dirmeta",
             ObjectKind::Commit => "commit",
+            ObjectKind::PayloadLink => "payload-link",
         }
     }
 
@@ -154,6 +172,7 @@ impl ObjectKind {
             "dirtree" => ObjectKind::DirTree,
             "dirmeta" => ObjectKind::DirMeta,
             "commit" => ObjectKind::Commit,
+            "payload-link" => ObjectKind::PayloadLink,
             _ => return None,
         })
     }
@@ -220,7 +239,14 @@ pub struct FileObject {
 pub struct Repo {
     path: PathBuf,
     mode: RepoMode,
+    /// Regular files of at least this many bytes get a payload link when written
+    /// (`u64::MAX`: none); see [`Repo::set_payload_link_threshold`].
+    payload_link_threshold: AtomicU64,
 }
+
+/// Default of [`Repo::set_payload_link_threshold`] (and of `[update] payload-link-threshold`):
+/// smaller files are cheaper to download than to look up.
+pub const DEFAULT_PAYLOAD_LINK_THRESHOLD: u64 = 4096;
 
 impl Repo {
     /// Create a repository (like `ostree init --mode=`); fine if one with this mode exists.
@@ -277,6 +303,7 @@ impl Repo {
         Ok(Repo {
             path: path.to_path_buf(),
             mode,
+            payload_link_threshold: AtomicU64::new(DEFAULT_PAYLOAD_LINK_THRESHOLD),
         })
     }
 
@@ -300,6 +327,31 @@ impl Repo {
 
     pub fn has_object(&self, kind: ObjectKind, c: &Checksum) -> bool {
         fs::symlink_metadata(self.object_path(kind, c)).is_ok()
+    }
+
+    /// Regular files written from now on with at least `threshold` bytes get a payload link
+    /// (`objects/xx/<sha256 of the content>.payload-link`, see [`ObjectKind::PayloadLink`]);
+    /// `None` writes none. Default [`DEFAULT_PAYLOAD_LINK_THRESHOLD`].
+    pub fn set_payload_link_threshold(&self, threshold: Option<u64>) {
+        self.payload_link_threshold
+            .store(threshold.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub(crate) fn payload_link_threshold(&self) -> Option<u64> {
+        match self.payload_link_threshold.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            t => Some(t),
+        }
+    }
+
+    /// The content object a payload link names, if the link exists, has ostree's form
+    /// (`../xx/<62 hex>.file`) and its object is still there. A stale or malformed link is
+    /// ignored (never trusted): the caller downloads the content instead.
+    pub fn payload_link(&self, content_sha256: &Checksum) -> Option<Checksum> {
+        let p = self.object_path(ObjectKind::PayloadLink, content_sha256);
+        let target = fs::read_link(&p).ok()?;
+        let c = parse_payload_link_target(target.to_str()?)?;
+        self.has_object(ObjectKind::File, &c).then_some(c)
     }
 
     fn ref_path(&self, name: &str) -> Result<PathBuf> {
@@ -585,6 +637,11 @@ impl Repo {
                     continue;
                 };
                 let live = match ObjectKind::from_extension(ext) {
+                    // A payload link lives as long as the object it points at.
+                    Some(ObjectKind::PayloadLink) => fs::read_link(e.path())
+                        .ok()
+                        .and_then(|t| parse_payload_link_target(t.to_str()?))
+                        .is_some_and(|t| keep.contains(&(ObjectKind::File, t))),
                     Some(k) => keep.contains(&(k, c)),
                     // Detached metadata lives as long as its commit.
                     None if ext == "commitmeta" => keep.contains(&(ObjectKind::Commit, c)),
@@ -808,6 +865,73 @@ mod tests {
         assert!(Checksum::from_hex(&h[1..]).is_err());
         assert!(Checksum::from_hex(&h.to_uppercase()).is_err());
         assert!(Checksum::from_hex(&format!("{}g", &h[1..])).is_err());
+    }
+
+    /// Payload links: written for big regular files only, in ostree's form; a stale link (its
+    /// object pruned) or a malformed one is ignored, and prune drops links with their object.
+    #[test]
+    fn payload_links() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repo::init(&d.path().join("repo"), RepoMode::BareUser).unwrap();
+        repo.set_payload_link_threshold(Some(10));
+        let hdr = FileHeader {
+            uid: 0,
+            gid: 0,
+            mode: objects::S_IFREG | 0o644,
+            symlink_target: String::new(),
+            xattrs: Vec::new(),
+        };
+        let big = b"0123456789abcdef".to_vec();
+        let mut tx = repo.transaction().unwrap();
+        let obj = tx.write_file(&hdr, &mut &big[..]).unwrap();
+        let small = tx.write_file(&hdr, &mut &b"tiny"[..]).unwrap();
+        tx.finish().unwrap();
+        let sum = Checksum::of(&big);
+        assert_eq!(repo.payload_link(&sum), Some(obj));
+        assert_eq!(repo.payload_link(&Checksum::of(b"tiny")), None);
+        let link = repo.object_path(ObjectKind::PayloadLink, &sum);
+        let hex = obj.to_hex();
+        assert_eq!(
+            fs::read_link(&link).unwrap().to_str().unwrap(),
+            format!("../{}/{}.file", &hex[..2], &hex[2..])
+        );
+        assert!(repo.has_object(ObjectKind::File, &small));
+
+        // Malformed targets are ignored.
+        for bad in [
+            "../zz/x.file",
+            "/etc/passwd",
+            &format!("{}/{}.file", &hex[..2], &hex[2..]),
+        ] {
+            fs::remove_file(&link).unwrap();
+            std::os::unix::fs::symlink(bad, &link).unwrap();
+            assert_eq!(repo.payload_link(&sum), None, "{bad}");
+        }
+        // Stale: the object is gone. A new write replaces the link.
+        fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(format!("../{}/{}.file", &hex[..2], &hex[2..]), &link).unwrap();
+        fs::remove_file(repo.object_path(ObjectKind::File, &obj)).unwrap();
+        assert_eq!(repo.payload_link(&sum), None);
+        let hdr2 = FileHeader {
+            mode: objects::S_IFREG | 0o600,
+            ..hdr.clone()
+        };
+        let mut tx = repo.transaction().unwrap();
+        let obj2 = tx.write_file(&hdr2, &mut &big[..]).unwrap();
+        tx.finish().unwrap();
+        assert_eq!(repo.payload_link(&sum), Some(obj2));
+
+        // Nothing refers to the object: prune deletes it and its link.
+        repo.prune().unwrap();
+        assert!(!repo.has_object(ObjectKind::File, &obj2));
+        assert!(fs::symlink_metadata(&link).is_err());
+
+        // Off: no links.
+        repo.set_payload_link_threshold(None);
+        let mut tx = repo.transaction().unwrap();
+        tx.write_file(&hdr, &mut &big[..]).unwrap();
+        tx.finish().unwrap();
+        assert!(fs::symlink_metadata(&link).is_err());
     }
 
     #[test]

@@ -119,6 +119,12 @@ impl<'r> Transaction<'r> {
         let tmp = self.tmp_name();
         let mut f = fsutil::create(&tmp)?;
         let mut hasher = header.hasher();
+        // The plain SHA-256 of the content, for the payload link (only when the file may be big
+        // enough to get one: hashing twice costs CPU).
+        let threshold = self.repo.payload_link_threshold();
+        let mut payload = threshold
+            .filter(|t| size.is_none_or(|s| s >= *t))
+            .map(|_| sha2::Sha256::new());
         let mut total = 0u64;
         let res = (|| -> Result<()> {
             loop {
@@ -129,6 +135,9 @@ impl<'r> Transaction<'r> {
                     Err(e) => return Err(e).context("reading file content"),
                 };
                 hasher.update(&self.buf[..n]);
+                if let Some(p) = &mut payload {
+                    p.update(&self.buf[..n]);
+                }
                 fsutil::write_all(&mut f, &self.buf[..n], &tmp)?;
                 total += n as u64;
             }
@@ -144,6 +153,11 @@ impl<'r> Transaction<'r> {
             return Err(e);
         }
         let c = Checksum(hasher.finalize_fixed());
+        if let (Some(p), Some(t)) = (payload, threshold) {
+            if total >= t {
+                self.stage_payload_link(&Checksum(p.finalize_fixed()), &c)?;
+            }
+        }
         if self.has_object(ObjectKind::File, &c) {
             fs::remove_file(&tmp).with_context(|| format!("deleting {}", tmp.display()))?;
             return Ok(c);
@@ -164,6 +178,21 @@ impl<'r> Transaction<'r> {
         drop(f);
         self.publish_staged(&tmp, ObjectKind::File, &c)?;
         Ok(c)
+    }
+
+    /// Stage `objects/xx/<payload>.payload-link` → `../yy/<rest>.file` unless the repo already
+    /// has a working link for this content (any object with the same bytes will do).
+    fn stage_payload_link(&mut self, payload: &Checksum, object: &Checksum) -> Result<()> {
+        if self.repo.payload_link(payload).is_some()
+            || fs::symlink_metadata(self.staged_path(ObjectKind::PayloadLink, payload)).is_ok()
+        {
+            return Ok(());
+        }
+        let hex = object.to_hex();
+        let target = format!("../{}/{}.file", &hex[..2], &hex[2..]);
+        let tmp = self.tmp_name();
+        fsutil::symlink(&target, &tmp)?;
+        self.publish_staged(&tmp, ObjectKind::PayloadLink, payload)
     }
 
     fn publish_staged(&self, tmp: &Path, kind: ObjectKind, c: &Checksum) -> Result<()> {
@@ -308,14 +337,16 @@ impl<'r> Transaction<'r> {
             else {
                 continue;
             };
-            if kind == ObjectKind::Commit {
-                commits.push((e.path(), c));
+            // Payload links go in after the objects they point at, commits last.
+            if kind == ObjectKind::Commit || kind == ObjectKind::PayloadLink {
+                commits.push((e.path(), kind, c));
                 continue;
             }
             self.move_into_store(&e.path(), kind, &c)?;
         }
-        for (p, c) in commits {
-            self.move_into_store(&p, ObjectKind::Commit, &c)?;
+        commits.sort_by_key(|(_, kind, _)| *kind == ObjectKind::Commit);
+        for (p, kind, c) in commits {
+            self.move_into_store(&p, kind, &c)?;
         }
         fsutil::syncfs(&staging_dir).context("flushing the object store")?;
         self.committed = true;
@@ -325,7 +356,8 @@ impl<'r> Transaction<'r> {
 
     fn move_into_store(&self, from: &Path, kind: ObjectKind, c: &Checksum) -> Result<()> {
         let dest = self.repo.object_path(kind, c);
-        if fs::symlink_metadata(&dest).is_ok() {
+        // A payload link that is there is stale (it was checked when staging): replace it.
+        if kind != ObjectKind::PayloadLink && fs::symlink_metadata(&dest).is_ok() {
             return Ok(());
         }
         let dir = dest.parent().context("object path has no parent")?;

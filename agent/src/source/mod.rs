@@ -142,6 +142,16 @@ pub trait ImageSource {
     fn prefetch(&mut self, _blobs: &[Descriptor]) -> Result<()> {
         Ok(())
     }
+    /// Byte ranges `[start, end)` of a blob (sorted, not overlapping), fetched resumably for a
+    /// zstd:chunked partial pull ([`crate::chunked`]). `Ok(None)`: this source does not serve
+    /// ranges (local sources: their blobs are read whole; a registry that ignores Range).
+    fn fetch_ranges(
+        &mut self,
+        _desc: &Descriptor,
+        _ranges: &[(u64, u64)],
+    ) -> Result<Option<crate::fetch::Ranges>> {
+        Ok(None)
+    }
 }
 
 /// Open the source a reference names.

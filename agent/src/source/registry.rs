@@ -240,6 +240,15 @@ impl ImageSource for RegistrySource {
     fn prefetch(&mut self, blobs: &[Descriptor]) -> Result<()> {
         self.fetcher.fetch_all(blobs)
     }
+
+    fn fetch_ranges(
+        &mut self,
+        desc: &Descriptor,
+        ranges: &[(u64, u64)],
+    ) -> Result<Option<crate::fetch::Ranges>> {
+        sha256_hex(&desc.digest)?;
+        self.fetcher.fetch_ranges(desc, ranges)
+    }
 }
 
 #[cfg(test)]
