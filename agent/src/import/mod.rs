@@ -522,17 +522,27 @@ impl<'r> Importer<'r> {
     ) -> Result<()> {
         self.layer += 1;
         let n = self.layer;
-        self.recording = diff_id.map(|_| Vec::new());
+        self.recording = match diff_id.map(|_| Recording::new(self.repo)).transpose() {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("layer {n}: not recording it for later updates: {e:#}");
+                None
+            }
+        };
+        self.recording_failed = false;
         let res = self
             .apply_layer_toc_inner(toc, content)
             .with_context(|| format!("applying layer {n} from its zstd:chunked TOC"));
-        let ops = self.recording.take().unwrap_or_default();
+        let recording = self.recording.take();
         res?;
-        if let Some(d) = diff_id {
-            self.recorded.push(RecordedLayer {
-                diff_id: d.to_owned(),
-                ops,
-            });
+        if let (Some(d), Some(rec)) = (diff_id, recording.filter(|_| !self.recording_failed)) {
+            match rec.into_reader() {
+                Ok(ops) => self.recorded.push(RecordedLayer {
+                    diff_id: d.to_owned(),
+                    ops,
+                }),
+                Err(e) => log::warn!("layer {n}: not recording it for later updates: {e:#}"),
+            }
         }
         Ok(())
     }

@@ -20,8 +20,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use super::{
-    check_space, error_text, fsync_dir, header, is_retryable_status, parse_content_range,
-    retry_after, BlobFetcher, BUF_SIZE, PROGRESS_INTERVAL,
+    check_space, error_text, header, is_retryable_status, parse_content_range, retry_after,
+    BlobFetcher, BUF_SIZE, PROGRESS_INTERVAL,
 };
 use crate::fetch::{error_class, ErrorClass, NetworkError};
 use crate::progress::Event;
@@ -141,7 +141,7 @@ impl BlobFetcher {
                     return Ok(None);
                 }
             }
-            fsync_dir(&dir)?;
+            crate::fsutil::fsync_dir(&dir)?;
             self.emit(Event::LayerDone {
                 digest: desc.digest.clone(),
             });
