@@ -348,6 +348,16 @@ impl BsPatch<'_> {
         io::Error::new(io::ErrorKind::InvalidData, format!("bsdiff patch: {what}"))
     }
 
+    fn read_patch(&mut self, buf: &mut [u8], what: &str) -> io::Result<()> {
+        self.patch.read_exact(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                Self::bad(what)
+            } else {
+                e
+            }
+        })
+    }
+
     /// The next record; false at the end of the patch.
     fn next_record(&mut self) -> io::Result<bool> {
         let mut rec = [0u8; 24];
@@ -401,13 +411,7 @@ impl Read for BsPatch<'_> {
         loop {
             if self.mix_left > 0 {
                 let n = (buf.len() as u64).min(self.mix_left) as usize;
-                self.patch.read_exact(&mut buf[..n]).map_err(|e| {
-                    if e.kind() == io::ErrorKind::UnexpectedEof {
-                        Self::bad("truncated diff bytes")
-                    } else {
-                        e
-                    }
-                })?;
+                self.read_patch(&mut buf[..n], "truncated diff bytes")?;
                 let mut old = [0u8; 8192];
                 let mut done = 0;
                 while done < n {
@@ -425,13 +429,7 @@ impl Read for BsPatch<'_> {
             }
             if self.copy_left > 0 {
                 let n = (buf.len() as u64).min(self.copy_left) as usize;
-                self.patch.read_exact(&mut buf[..n]).map_err(|e| {
-                    if e.kind() == io::ErrorKind::UnexpectedEof {
-                        Self::bad("truncated literal bytes")
-                    } else {
-                        e
-                    }
-                })?;
+                self.read_patch(&mut buf[..n], "truncated literal bytes")?;
                 self.copy_left -= n as u64;
                 self.out_left -= n as u64;
                 return Ok(n);
