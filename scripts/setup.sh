@@ -12,6 +12,7 @@ packages=(
   qemu-system-arm qemu-utils u-boot-qemu dosfstools mtools e2fsprogs fdisk busybox-static cpio
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross time python3 python3-venv
   systemd-boot qemu-efi-aarch64
+  gcc binutils dwarves
 )
 
 missing=()

@@ -38,7 +38,7 @@ fn main() -> Result<()> {
             let to: Checksum = to.parse()?;
             let s = otter::delta::generate(&repo, &from, &to, Path::new(out))?;
             println!(
-                "total={} parts={} superblock={} meta={} new={}/{}B patched={}/{}B->{}B copied={}",
+                "total={} parts={} superblock={} meta={} new={}/{}B patched={}/{}B->{}B copied={} btf-patched={} btf-map-runs={}",
                 s.total_size,
                 s.parts,
                 s.superblock_size,
@@ -48,7 +48,9 @@ fn main() -> Result<()> {
                 s.patched_files,
                 s.patched_bytes,
                 s.patch_bytes,
-                s.copied_files
+                s.copied_files,
+                s.btf_patched_files,
+                s.btf_map_runs
             );
         }
         ["apply", repo, dir, from] => {

@@ -227,22 +227,35 @@ pub fn verify(data: &[u8]) {
     }
 }
 
-/// First byte: even = a delta superblock file as stored (magic, zstd body); odd = the rest is the
-/// *uncompressed* superblock body (compressed here, so the fuzzer explores the part table and
-/// commit parser rather than zstd). Whatever decodes must re-encode and decode the same.
+/// First byte mod 3: 0 = a delta superblock file as stored (magic, zstd body); 1 = the rest is
+/// the *uncompressed* superblock body (compressed here, so the fuzzer explores the part table,
+/// commit and BTF map parsers rather than zstd). Whatever decodes must re-encode and decode the
+/// same. 2 = a `.BTF` section a patch source names: rewriting it through a map either succeeds
+/// or fails leaving it unchanged.
 pub fn delta(data: &[u8]) {
-    use crate::delta::Superblock;
+    use crate::delta::{BtfMaps, IdMap, Superblock, SUPERBLOCK_MAGIC};
     let Some((&which, body)) = data.split_first() else {
         return;
     };
+    if which % 3 == 2 {
+        let maps = BtfMaps {
+            types: IdMap::from_runs(vec![(1, 7), (100, u32::MAX)]).unwrap_or_default(),
+            strings: IdMap::from_runs(vec![(0, 3)]).unwrap_or_default(),
+        };
+        let mut section = body.to_vec();
+        if maps.apply(&mut section).is_err() {
+            assert_eq!(section, body, "a refused BTF section was changed");
+        }
+        return;
+    }
     let stored;
-    let input: &[u8] = if which % 2 == 0 {
+    let input: &[u8] = if which % 3 == 0 {
         body
     } else {
         let Ok(z) = zstd::encode_all(body, 1) else {
             return;
         };
-        stored = [&b"OTDELTA1"[..], &z[..]].concat();
+        stored = [&SUPERBLOCK_MAGIC[..], &z[..]].concat();
         &stored
     };
     if let Ok(sb) = Superblock::decode(&mut &input[..]) {

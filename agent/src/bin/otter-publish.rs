@@ -215,7 +215,7 @@ fn run(argv: &[String]) -> Result<()> {
                 |c: Option<otter::ostree::Checksum>| c.map(|c| c.to_hex()).unwrap_or_default();
             println!(
                 "delta {} (tree {}) → {} (tree {}): {} bytes in {} parts ({} files new, {} \
-                 patched, {} copied)",
+                 patched ({} of them kernel objects with renumbered BTF), {} copied)",
                 p.from_digest,
                 tree(s.from),
                 p.to_digest,
@@ -224,6 +224,7 @@ fn run(argv: &[String]) -> Result<()> {
                 s.parts,
                 s.new_files,
                 s.patched_files,
+                s.btf_patched_files,
                 s.copied_files
             );
             match (&p.artifact, &a.out) {

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use sha2::Digest;
 
+use super::btf::BtfMaps;
 use super::format::{
     patch_window_log, read_checksum, read_header, read_u64, read_u8, HashReader, PartInfo,
-    Superblock, MAX_PATCH_SOURCE_SIZE, MAX_PATCH_TARGET_SIZE, OP_COPY, OP_END, OP_NEW,
-    OP_PATCH_BSDIFF, OP_PATCH_ZSTD, PART_MAGIC, PART_WINDOW_LOG_MAX,
+    Superblock, MAX_BTF_SECTION, MAX_PATCH_SOURCE_SIZE, MAX_PATCH_TARGET_SIZE, OP_COPY, OP_END,
+    OP_NEW, OP_PATCH_BSDIFF, OP_PATCH_BSDIFF_BTF, OP_PATCH_ZSTD, PART_DICT_MAX, PART_MAGIC,
 };
 use super::{part_name, SUPERBLOCK_NAME};
 use crate::ostree::{
@@ -133,7 +134,7 @@ pub fn apply(repo: &Repo, store: &mut dyn DeltaStore, base: &Checksum) -> Result
         let r = store
             .part(i, part)
             .with_context(|| format!("fetching part {i} of the delta {from} → {to}"))?;
-        apply_part(repo, r, part)
+        apply_part(repo, r, part, &sb.btf)
             .with_context(|| format!("applying part {i} of the delta {from} → {to}"))?;
         done.parts_applied += 1;
         done.bytes_read += part.size;
@@ -170,19 +171,25 @@ fn write_progress(p: &Path, done: &HashSet<usize>) -> Result<()> {
 }
 
 /// Decode one part straight into a transaction; publish it only if everything checks out.
-fn apply_part(repo: &Repo, reader: Box<dyn Read + '_>, info: &PartInfo) -> Result<()> {
+fn apply_part(
+    repo: &Repo,
+    reader: Box<dyn Read + '_>,
+    info: &PartInfo,
+    maps: &BtfMaps,
+) -> Result<()> {
     let mut hashing = HashReader {
         inner: reader.take(info.size.saturating_add(1)),
         hasher: sha2::Sha256::new(),
         count: 0,
     };
     let mut tx = repo.transaction()?;
-    let want: HashSet<Checksum> = info.objects.iter().copied().collect();
-    let mut produced = HashSet::new();
+    let mut produced = 0;
     {
-        let mut dec = zstd::stream::read::Decoder::new(&mut hashing).context("starting zstd")?;
-        dec.window_log_max(PART_WINDOW_LOG_MAX)
-            .context("setting the zstd window limit")?;
+        // One xz stream; its dictionary (memory) is bounded, nothing may follow it.
+        let stream =
+            liblzma::stream::Stream::new_stream_decoder(u64::from(PART_DICT_MAX) + (1 << 20), 0)
+                .context("starting the xz decoder")?;
+        let mut dec = liblzma::read::XzDecoder::new_stream(&mut hashing, stream);
         let mut r = (&mut dec).take(info.uncompressed_size);
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic).context("reading the part magic")?;
@@ -194,16 +201,19 @@ fn apply_part(repo: &Repo, reader: Box<dyn Read + '_>, info: &PartInfo) -> Resul
             if op == OP_END {
                 break;
             }
-            let object = read_checksum(&mut r)?;
-            if !want.contains(&object) {
-                bail!("part rebuilds object {object}, which the superblock does not list");
-            }
-            let got = apply_op(repo, &mut tx, &mut r, op)
+            // Operations rebuild the part's objects in the order the superblock lists them.
+            let Some(&object) = info.objects.get(produced) else {
+                bail!(
+                    "part has more operations than the {} objects the superblock lists",
+                    info.objects.len()
+                );
+            };
+            let got = apply_op(repo, &mut tx, &mut r, op, maps)
                 .with_context(|| format!("rebuilding object {object}"))?;
             if got != object {
                 bail!("rebuilt object {object} has checksum {got}: the delta is corrupt");
             }
-            produced.insert(object);
+            produced += 1;
         }
         let short = r.limit();
         if short != 0 {
@@ -218,7 +228,7 @@ fn apply_part(repo: &Repo, reader: Box<dyn Read + '_>, info: &PartInfo) -> Resul
         {
             bail!("part has data after its end marker");
         }
-        let mut rest = dec.finish();
+        let mut rest = dec.into_inner();
         io::copy(&mut rest, &mut io::sink()).context("reading the end of the part")?;
     }
     if hashing.count != info.size {
@@ -232,18 +242,24 @@ fn apply_part(repo: &Repo, reader: Box<dyn Read + '_>, info: &PartInfo) -> Resul
     if sha != info.sha256 {
         bail!("part has the wrong SHA-256: it is corrupt or was altered");
     }
-    if produced.len() != want.len() {
+    if produced != info.objects.len() {
         bail!(
             "part rebuilt {} of the {} objects the superblock lists",
-            produced.len(),
-            want.len()
+            produced,
+            info.objects.len()
         );
     }
     tx.finish()
 }
 
 /// One operation; returns the checksum of the object it wrote.
-fn apply_op(repo: &Repo, tx: &mut Transaction<'_>, r: &mut dyn Read, op: u8) -> Result<Checksum> {
+fn apply_op(
+    repo: &Repo,
+    tx: &mut Transaction<'_>,
+    r: &mut dyn Read,
+    op: u8,
+    maps: &BtfMaps,
+) -> Result<Checksum> {
     match op {
         OP_NEW => {
             let h = read_header(r)?;
@@ -275,10 +291,15 @@ fn apply_op(repo: &Repo, tx: &mut Transaction<'_>, r: &mut dyn Read, op: u8) -> 
             }
             Ok(c)
         }
-        OP_PATCH_BSDIFF => {
+        OP_PATCH_BSDIFF | OP_PATCH_BSDIFF_BTF => {
             let h = read_header(r)?;
             let size = read_u64(r)?;
             let source = read_checksum(r)?;
+            let btf = if op == OP_PATCH_BSDIFF_BTF {
+                Some((read_u64(r)?, read_u64(r)?))
+            } else {
+                None
+            };
             let patch_len = read_u64(r)?;
             if h.is_symlink() || size > MAX_PATCH_TARGET_SIZE {
                 bail!("invalid patch target ({size} bytes)");
@@ -289,15 +310,22 @@ fn apply_op(repo: &Repo, tx: &mut Transaction<'_>, r: &mut dyn Read, op: u8) -> 
                      incomplete"
                 )
             })?;
-            let old = src
+            let mut old = src
                 .content
                 .with_context(|| format!("source object {source} is a symlink"))?;
+            let overlay = match btf {
+                Some((offset, len)) => {
+                    Some((offset, btf_section(&mut old, src.size, offset, len, maps)?))
+                }
+                None => None,
+            };
             let mut patch = r.take(patch_len);
             let mut rebuilt = BsPatch {
                 patch: &mut patch,
                 old: BufReader::with_capacity(64 * 1024, old),
                 old_len: src.size,
                 old_pos: 0,
+                overlay,
                 mix_left: 0,
                 copy_left: 0,
                 seek: 0,
@@ -327,7 +355,28 @@ fn apply_op(repo: &Repo, tx: &mut Transaction<'_>, r: &mut dyn Read, op: u8) -> 
     }
 }
 
-/// The content of a source object of commit A, in memory (bounded by [`MAX_PATCH_SOURCE_SIZE`]).
+/// The `.BTF` section (`offset`, `len`) of a source object, rewritten through the delta's maps:
+/// what [`OP_PATCH_BSDIFF_BTF`] patches against in place of the object's own bytes.
+fn btf_section(
+    old: &mut File,
+    old_len: u64,
+    offset: u64,
+    len: u64,
+    maps: &BtfMaps,
+) -> Result<Vec<u8>> {
+    use std::io::Seek as _;
+    if len > MAX_BTF_SECTION || offset.checked_add(len).is_none_or(|end| end > old_len) {
+        bail!("BTF section {offset}+{len} is outside the {old_len}-byte source or too large");
+    }
+    let mut section = vec![0u8; len as usize];
+    old.seek(io::SeekFrom::Start(offset))
+        .and_then(|_| old.read_exact(&mut section))
+        .context("reading the source's BTF section")?;
+    maps.apply(&mut section)
+        .context("the source's BTF section does not parse")?;
+    Ok(section)
+}
+
 /// A bsdiff patch ([`OP_PATCH_BSDIFF`]) applied as a reader of the new content: memory is the
 /// buffers, whatever the file sizes. Every position and length is checked against the source
 /// size and the declared target size; the rebuilt object is then checked against its checksum.
@@ -336,6 +385,8 @@ struct BsPatch<'p> {
     old: BufReader<File>,
     old_len: u64,
     old_pos: u64,
+    /// Source bytes that replace the file's from an offset on (the rewritten `.BTF` section).
+    overlay: Option<(u64, Vec<u8>)>,
     mix_left: u64,
     copy_left: u64,
     /// Applied to `old_pos` once the record's mix and copy bytes are done.
@@ -417,6 +468,9 @@ impl Read for BsPatch<'_> {
                 while done < n {
                     let m = (n - done).min(old.len());
                     self.old.read_exact(&mut old[..m])?;
+                    if let Some((at, bytes)) = &self.overlay {
+                        overlay(&mut old[..m], self.old_pos + done as u64, *at, bytes);
+                    }
                     for (b, o) in buf[done..done + m].iter_mut().zip(&old[..m]) {
                         *b = b.wrapping_add(*o);
                     }
@@ -446,6 +500,17 @@ impl Read for BsPatch<'_> {
                 return Ok(0);
             }
         }
+    }
+}
+
+/// Replace the bytes of `buf` (source bytes from `pos` on) that `bytes` (from `at` on) covers.
+fn overlay(buf: &mut [u8], pos: u64, at: u64, bytes: &[u8]) {
+    let start = pos.max(at);
+    let end = (pos + buf.len() as u64).min(at + bytes.len() as u64);
+    if start < end {
+        let (b, o) = ((start - pos) as usize, (start - at) as usize);
+        let n = (end - start) as usize;
+        buf[b..b + n].copy_from_slice(&bytes[o..o + n]);
     }
 }
 
@@ -541,6 +606,15 @@ mod tests {
     }
 
     fn apply_bs(old: &[u8], patch: &[u8], size: u64) -> io::Result<Vec<u8>> {
+        apply_bs_over(old, None, patch, size)
+    }
+
+    fn apply_bs_over(
+        old: &[u8],
+        overlay: Option<(u64, Vec<u8>)>,
+        patch: &[u8],
+        size: u64,
+    ) -> io::Result<Vec<u8>> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("old");
         std::fs::write(&p, old).unwrap();
@@ -550,6 +624,7 @@ mod tests {
             old: BufReader::new(File::open(&p).unwrap()),
             old_len: old.len() as u64,
             old_pos: 0,
+            overlay,
             mix_left: 0,
             copy_left: 0,
             seek: 0,
@@ -600,5 +675,26 @@ mod tests {
         assert!(apply_bs(&old, &patch[..patch.len() - 7], new.len() as u64).is_err());
         // more output than declared
         assert!(apply_bs(&old, &patch, new.len() as u64 - 1).is_err());
+    }
+
+    /// A patch made against a source whose middle was replaced (the rewritten BTF section)
+    /// applies to the original file plus that overlay, whatever the read sizes.
+    #[test]
+    fn bsdiff_patches_apply_over_an_overlay() {
+        let old = pseudo_random(100_000, 3);
+        let (at, len) = (40_000usize, 20_000usize);
+        let section = pseudo_random(len, 4);
+        let mut rewritten = old.clone();
+        rewritten[at..at + len].copy_from_slice(&section);
+        let mut new = rewritten.clone();
+        new.splice(50_000..50_000, pseudo_random(300, 5));
+        for i in (0..new.len()).step_by(61) {
+            new[i] = new[i].wrapping_add(1);
+        }
+        let mut patch = Vec::new();
+        bsdiff::diff(&rewritten, &new, &mut patch).unwrap();
+        let got = apply_bs_over(&old, Some((at as u64, section)), &patch, new.len() as u64);
+        assert_eq!(got.unwrap(), new);
+        assert_ne!(apply_bs(&old, &patch, new.len() as u64).unwrap(), new);
     }
 }

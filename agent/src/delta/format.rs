@@ -6,18 +6,22 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 
+pub use super::btf::MAX_BTF_SECTION;
+use super::btf::{BtfMaps, IdMap};
 use crate::ostree::{content_checksum, Checksum, DirMeta, FileHeader};
 
 /// First 8 bytes of a superblock file (then one zstd frame).
-pub const SUPERBLOCK_MAGIC: &[u8; 8] = b"OTDELTA2";
+pub const SUPERBLOCK_MAGIC: &[u8; 8] = b"OTDELTA3";
 /// First 8 bytes of a part's decompressed stream.
-pub const PART_MAGIC: &[u8; 8] = b"OTDPART1";
+pub const PART_MAGIC: &[u8; 8] = b"OTDPART2";
 /// Largest decompressed superblock we accept.
 pub const MAX_SUPERBLOCK_SIZE: u64 = 64 << 20;
 /// Largest encoded file header (ownership, mode, xattrs, symlink target).
 pub const MAX_HEADER_SIZE: u32 = 1 << 20;
-/// zstd window of the outer part streams: generators must not use more (decoder buffer bound).
+/// zstd window of the superblock (decoder buffer bound).
 pub const PART_WINDOW_LOG_MAX: u32 = 23;
+/// Largest LZMA2 dictionary of a part stream: the decoder refuses parts that need more memory.
+pub const PART_DICT_MAX: u32 = 8 << 20;
 /// Largest source ("old") object a zstd patch may reference; larger files are sent whole.
 pub const MAX_PATCH_SOURCE_SIZE: u64 = 64 << 20;
 /// Largest file a zstd patch may produce; larger files are sent whole.
@@ -39,6 +43,11 @@ pub const OP_COPY: u8 = 3;
 /// position then moves by `seek`. Applied streaming: the source is read where the records say,
 /// never held in memory.
 pub const OP_PATCH_BSDIFF: u8 = 4;
+/// `object, header, size u64, source object, btf_offset u64, btf_len u64, patch_len u64,
+/// patch[patch_len]`: a bsdiff patch against the source whose `.BTF` section (at `btf_offset`,
+/// `btf_len` ≤ [`MAX_BTF_SECTION`] bytes) was first rewritten through the superblock's BTF maps
+/// (see [`super::btf`]).
+pub const OP_PATCH_BSDIFF_BTF: u8 = 5;
 
 /// One part as listed in the superblock.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +80,8 @@ pub struct Superblock {
     /// Dirmeta objects of B missing from A.
     pub dirmetas: Vec<Vec<u8>>,
     pub parts: Vec<PartInfo>,
+    /// Type-id and string-offset maps for [`OP_PATCH_BSDIFF_BTF`] (empty when unused).
+    pub btf: BtfMaps,
 }
 
 const META_DIRTREE: u8 = 2;
@@ -102,6 +113,13 @@ impl Superblock {
             put_u32(&mut body, len32(p.objects.len())?);
             for o in &p.objects {
                 body.extend_from_slice(&o.0);
+            }
+        }
+        for map in [&self.btf.types, &self.btf.strings] {
+            put_u32(&mut body, len32(map.runs().len())?);
+            for (start, shift) in map.runs() {
+                put_u32(&mut body, *start);
+                put_u32(&mut body, *shift);
             }
         }
         let mut out = SUPERBLOCK_MAGIC.to_vec();
@@ -173,6 +191,20 @@ impl Superblock {
                 objects,
             });
         }
+        let mut maps = Vec::new();
+        for what in ["type", "string"] {
+            let count = read_u32(&mut r)? as usize;
+            if count > r.len() / 8 {
+                bail!("superblock's BTF {what} map lists {count} runs, more than it holds");
+            }
+            let mut runs = Vec::with_capacity(count);
+            for _ in 0..count {
+                runs.push((read_u32(&mut r)?, read_u32(&mut r)?));
+            }
+            maps.push(IdMap::from_runs(runs).with_context(|| format!("BTF {what} map"))?);
+        }
+        let strings = maps.pop().unwrap_or_default();
+        let types = maps.pop().unwrap_or_default();
         if !r.is_empty() {
             bail!("superblock has {} bytes of trailing data", r.len());
         }
@@ -184,6 +216,7 @@ impl Superblock {
             dirtrees,
             dirmetas,
             parts,
+            btf: BtfMaps { types, strings },
         })
     }
 }
@@ -344,6 +377,10 @@ mod tests {
                 sha256: [7; 32],
                 objects: vec![Checksum([9; 32])],
             }],
+            btf: BtfMaps {
+                types: IdMap::from_runs(vec![(5, 1), (9, u32::MAX)]).unwrap(),
+                strings: IdMap::from_runs(vec![(100, 7)]).unwrap(),
+            },
         };
         let enc = sb.encode(3).unwrap();
         assert_eq!(Superblock::decode(&mut &enc[..]).unwrap(), sb);

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use sha2::Digest;
 
+use super::btf::{find_btf, BtfMaps, MapBuilder};
 use super::format::{
     encode_header, patch_window_log, put_u64, HashWriter, PartInfo, Superblock,
     MAX_PATCH_SOURCE_SIZE, MAX_PATCH_TARGET_SIZE, OP_COPY, OP_END, OP_NEW, OP_PATCH_BSDIFF,
-    OP_PATCH_ZSTD, PART_MAGIC, PART_WINDOW_LOG_MAX,
+    OP_PATCH_BSDIFF_BTF, OP_PATCH_ZSTD, PART_DICT_MAX, PART_MAGIC,
 };
 use super::{part_name, SUPERBLOCK_NAME};
 use crate::ostree::{Checksum, ObjectKind, Repo, MAX_TREE_DEPTH};
@@ -22,14 +23,19 @@ pub struct GenerateOptions {
     /// A part is closed once its decompressed stream reaches this size (a single file larger
     /// than this gets a part of its own).
     pub max_part_size: u64,
-    /// zstd level of the part streams.
+    /// zstd level of the superblock.
     pub level: i32,
+    /// xz preset of the part streams (0-9; always "extreme").
+    pub part_preset: u32,
     /// zstd level of per-file patches.
     pub patch_level: i32,
-    /// zstd window (log2) of the part streams (≤ [`PART_WINDOW_LOG_MAX`]).
-    pub window_log: u32,
+    /// LZMA2 dictionary of the part streams (≤ [`PART_DICT_MAX`]): device memory.
+    pub dict_size: u32,
     /// Larger source files are not used as patch bases (device memory: old + new in RAM).
     pub max_patch_source_size: u64,
+    /// Diff kernel objects against a source whose `.BTF` section is renumbered the way B's
+    /// kernel numbers types and strings (off: plain bsdiff; for measurements).
+    pub btf: bool,
 }
 
 impl Default for GenerateOptions {
@@ -37,9 +43,11 @@ impl Default for GenerateOptions {
         GenerateOptions {
             max_part_size: 8 << 20,
             level: 19,
+            part_preset: 9,
             patch_level: 19,
-            window_log: 22,
+            dict_size: 4 << 20,
             max_patch_source_size: MAX_PATCH_SOURCE_SIZE,
+            btf: true,
         }
     }
 }
@@ -65,6 +73,10 @@ pub struct DeltaSummary {
     pub patch_bytes: u64,
     /// Files whose content exists in A under another object (metadata change, rename).
     pub copied_files: usize,
+    /// Of the patched files, those diffed against a BTF-renumbered source (kernel objects).
+    pub btf_patched_files: usize,
+    /// Runs of the BTF type-id and string-offset maps.
+    pub btf_map_runs: usize,
 }
 
 /// Generate the delta `from` → `to` into `out_dir` (which must not exist), with default options.
@@ -86,10 +98,11 @@ pub fn generate_with(
     out_dir: &Path,
     opts: &GenerateOptions,
 ) -> Result<DeltaSummary> {
-    if opts.window_log > PART_WINDOW_LOG_MAX || opts.window_log < 10 {
+    if opts.dict_size > PART_DICT_MAX || opts.dict_size < 4096 || opts.part_preset > 9 {
         bail!(
-            "window_log {} is outside 10..={PART_WINDOW_LOG_MAX}",
-            opts.window_log
+            "dict_size {} is outside 4 KiB..={PART_DICT_MAX} or preset {} above 9",
+            opts.dict_size,
+            opts.part_preset
         );
     }
     if out_dir.exists() {
@@ -126,6 +139,9 @@ struct Old {
     /// size → regular objects of that size (built on first use).
     by_size: Option<HashMap<u64, Vec<Checksum>>>,
     content_hash: HashMap<Checksum, [u8; 32]>,
+    /// How B's BTF type ids and string offsets relate to A's (learnt before any file is
+    /// emitted; see [`super::btf`]).
+    btf_maps: BtfMaps,
 }
 
 /// Patch base candidates looked at per path pattern.
@@ -317,7 +333,7 @@ fn patch_base(repo: &Repo, old: &Old, path: &str, size: u64) -> Result<Option<(C
     Ok(best)
 }
 
-type PartEncoder = zstd::stream::write::Encoder<'static, HashWriter<BufWriter<File>>>;
+type PartEncoder = liblzma::write::XzEncoder<HashWriter<BufWriter<File>>>;
 
 struct PartWriter<'a> {
     dir: &'a Path,
@@ -337,11 +353,23 @@ impl PartWriter<'_> {
                 hasher: sha2::Sha256::new(),
                 count: 0,
             };
-            let mut enc =
-                zstd::stream::write::Encoder::new(hw, self.opts.level).context("starting zstd")?;
-            enc.window_log(self.opts.window_log)
-                .context("setting the zstd window")?;
-            enc.include_checksum(false).context("zstd options")?;
+            // LZMA2 with 4-byte literal positions (lp=2, pb=2, lc=0): tuned on bsdiff output of
+            // aarch64 code, where instructions are 32-bit words. The part's SHA-256 in the
+            // superblock replaces xz's own check.
+            let mut lz = liblzma::stream::LzmaOptions::new_preset(
+                self.opts.part_preset | liblzma::stream::PRESET_EXTREME,
+            )
+            .context("xz options")?;
+            lz.dict_size(self.opts.dict_size)
+                .literal_context_bits(0)
+                .literal_position_bits(2)
+                .position_bits(2);
+            let mut filters = liblzma::stream::Filters::new();
+            filters.lzma2(&lz);
+            let stream =
+                liblzma::stream::Stream::new_stream_encoder(&filters, liblzma::stream::Check::None)
+                    .context("starting the xz encoder")?;
+            let mut enc = liblzma::write::XzEncoder::new_stream(hw, stream);
             enc.write_all(PART_MAGIC).context("writing a part")?;
             self.current = Some((enc, PART_MAGIC.len() as u64, Vec::new()));
         }
@@ -424,6 +452,7 @@ fn generate_into(
         dirmetas: HashSet::new(),
         by_size: None,
         content_hash: HashMap::new(),
+        btf_maps: BtfMaps::default(),
     };
     old.dirmetas.insert(a.root_meta);
     walk_old(repo, &a.root_tree, "", 0, &mut old)?;
@@ -436,6 +465,9 @@ fn generate_into(
         seen_files: HashSet::new(),
     };
     walk_new(repo, &old, &b.root_tree, &b.root_meta, "", 0, &mut new)?;
+    if opts.btf {
+        old.btf_maps = learn_btf_maps(repo, &old, &new.files)?;
+    }
 
     let mut sum = DeltaSummary {
         from: Some(a.content_checksum()),
@@ -462,11 +494,13 @@ fn generate_into(
         dirtrees: new.dirtrees,
         dirmetas: new.dirmetas,
         parts: pw.parts,
+        btf: std::mem::take(&mut old.btf_maps),
     };
     let data = sb.encode(opts.level)?;
     let p: PathBuf = dir.join(SUPERBLOCK_NAME);
     crate::ostree::write_atomic(&p, &data, 0o644)?;
     sum.parts = sb.parts.len();
+    sum.btf_map_runs = sb.btf.types.runs().len() + sb.btf.strings.runs().len();
     sum.superblock_size = data.len() as u64;
     sum.total_size = sum.superblock_size + sb.parts.iter().map(|p| p.size).sum::<u64>();
     Ok(sum)
@@ -485,7 +519,6 @@ fn emit(
     let header = encode_header(&f.header);
     let Some(mut content) = f.content else {
         let mut op = vec![OP_NEW];
-        op.extend_from_slice(&c.0);
         op.extend_from_slice(&header);
         put_u64(&mut op, 0);
         pw.write(&op)?;
@@ -517,7 +550,6 @@ fn emit(
         let sha: [u8; 32] = sha2::Sha256::digest(data).into();
         if let Some(src) = find_same_content(repo, old, size, &sha)? {
             let mut op = vec![OP_COPY];
-            op.extend_from_slice(&c.0);
             op.extend_from_slice(&header);
             op.extend_from_slice(&src.0);
             pw.write(&op)?;
@@ -538,20 +570,32 @@ fn emit(
                 // bsdiff models code whose addresses moved (rebuilt kernel modules, binaries)
                 // far better than a zstd reference; its raw output compresses in the part. Its
                 // size there is estimated with a fast zstd level (the part's level does better).
+                // A kernel object is diffed against its source with the BTF section renumbered
+                // the way B's kernel numbers types and strings (what the device does too).
+                let btf = btf_source(&old.btf_maps, &oldc);
                 let bs = if oldc.len() as u64 <= BSDIFF_MAX_SOURCE {
+                    let source = btf.as_ref().map_or(&oldc[..], |(_, _, s)| &s[..]);
                     let mut bs = Vec::new();
-                    bsdiff::diff(&oldc, data, &mut bs).context("bsdiff")?;
+                    bsdiff::diff(source, data, &mut bs).context("bsdiff")?;
                     let est = zstd::bulk::compress(&bs, 3).context("compressing")?.len();
                     Some((bs, est))
                 } else {
                     None
                 };
                 if let Some((bs, est)) = bs.filter(|(_, est)| *est < patch.len().min(raw.len())) {
-                    let mut op = vec![OP_PATCH_BSDIFF];
-                    op.extend_from_slice(&c.0);
+                    let mut op = vec![if btf.is_some() {
+                        OP_PATCH_BSDIFF_BTF
+                    } else {
+                        OP_PATCH_BSDIFF
+                    }];
                     op.extend_from_slice(&header);
                     put_u64(&mut op, size);
                     op.extend_from_slice(&src.0);
+                    if let Some((offset, len, _)) = &btf {
+                        put_u64(&mut op, *offset);
+                        put_u64(&mut op, *len);
+                        sum.btf_patched_files += 1;
+                    }
                     put_u64(&mut op, bs.len() as u64);
                     pw.write(&op)?;
                     pw.write(&bs)?;
@@ -562,7 +606,6 @@ fn emit(
                 }
                 if patch.len() < raw.len() {
                     let mut op = vec![OP_PATCH_ZSTD];
-                    op.extend_from_slice(&c.0);
                     op.extend_from_slice(&header);
                     put_u64(&mut op, size);
                     op.extend_from_slice(&src.0);
@@ -578,7 +621,6 @@ fn emit(
         }
     }
     let mut op = vec![OP_NEW];
-    op.extend_from_slice(&c.0);
     op.extend_from_slice(&header);
     put_u64(&mut op, size);
     pw.write(&op)?;
@@ -595,6 +637,55 @@ fn emit(
     sum.new_files += 1;
     sum.new_bytes += size;
     pw.end_object(*c)
+}
+
+/// `old` with its `.BTF` section rewritten through the maps: (section offset, length, bytes).
+fn btf_source(maps: &BtfMaps, old: &[u8]) -> Option<(u64, u64, Vec<u8>)> {
+    if maps.is_empty() {
+        return None;
+    }
+    let (offset, len) = find_btf(old)?;
+    let mut source = old.to_vec();
+    let section = source.get_mut(offset as usize..(offset + len) as usize)?;
+    maps.apply(section).ok()?;
+    Some((offset, len, source))
+}
+
+/// Learn the BTF maps from every ELF file of B whose patch base in A is an ELF file, both with
+/// a `.BTF` section whose records line up.
+fn learn_btf_maps(repo: &Repo, old: &Old, files: &[(String, Checksum)]) -> Result<BtfMaps> {
+    let mut builder = MapBuilder::default();
+    for (path, c) in files {
+        let f = repo.open_file(c)?;
+        let (size, Some(mut content)) = (f.size, f.content) else {
+            continue;
+        };
+        let mut magic = [0u8; 4];
+        if size > BSDIFF_MAX_SOURCE
+            || content.read_exact(&mut magic).is_err()
+            || &magic != b"\x7fELF"
+        {
+            continue;
+        }
+        let Some((base, _)) = patch_base(repo, old, path, size)? else {
+            continue;
+        };
+        let (Some(new), Some(oldc)) = (
+            read_content(repo, c, BSDIFF_MAX_SOURCE)?,
+            read_content(repo, &base, BSDIFF_MAX_SOURCE)?,
+        ) else {
+            continue;
+        };
+        let section = |d: &[u8]| {
+            let (o, l) = find_btf(d)?;
+            d.get(o as usize..(o + l) as usize).map(<[u8]>::to_vec)
+        };
+        if let (Some(a), Some(b)) = (section(&oldc), section(&new)) {
+            builder.add_pair(&a, &b);
+        }
+    }
+    log::debug!("BTF maps learnt from {} file pairs", builder.pairs);
+    Ok(builder.build())
 }
 
 /// Larger sources are not bsdiffed (suffix sorting costs ~9× the source in publisher memory).
