@@ -335,47 +335,113 @@ fn patch_base(repo: &Repo, old: &Old, path: &str, size: u64) -> Result<Option<(C
 
 type PartEncoder = liblzma::write::XzEncoder<HashWriter<BufWriter<File>>>;
 
+/// Bytes handed to a part's compressor at a time.
+const PART_CHUNK: usize = 1 << 20;
+/// Parts whose compression may still run while the next one is being filled: LZMA2 at preset
+/// 9e is about half as fast as bsdiff produces input, so compressing on other threads takes
+/// it off the critical path (each encoder holds ~12× its dictionary).
+const MAX_PARTS_IN_FLIGHT: usize = 2;
+
+/// The part being filled: its compressor thread's input, the bytes not yet handed over.
+struct OpenPart {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    compressor: std::thread::JoinHandle<Result<(u64, [u8; 32])>>,
+    buf: Vec<u8>,
+    /// Decompressed bytes so far.
+    n: u64,
+    objects: Vec<Checksum>,
+}
+
+/// A closed part whose compressor may still be running.
+struct ClosingPart {
+    compressor: std::thread::JoinHandle<Result<(u64, [u8; 32])>>,
+    uncompressed_size: u64,
+    objects: Vec<Checksum>,
+}
+
 struct PartWriter<'a> {
     dir: &'a Path,
     opts: &'a GenerateOptions,
+    /// Finished parts, in order.
     parts: Vec<PartInfo>,
-    /// The open part: encoder, decompressed bytes so far, objects.
-    current: Option<(PartEncoder, u64, Vec<Checksum>)>,
+    current: Option<OpenPart>,
+    closing: std::collections::VecDeque<ClosingPart>,
 }
 
 impl PartWriter<'_> {
+    fn open(&mut self) -> Result<OpenPart> {
+        let index = self.parts.len() + self.closing.len();
+        let p = self.dir.join(part_name(index));
+        let f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
+        let hw = HashWriter {
+            inner: BufWriter::new(f),
+            hasher: sha2::Sha256::new(),
+            count: 0,
+        };
+        // LZMA2 with 4-byte literal positions (lp=2, pb=2, lc=0): tuned on bsdiff output of
+        // aarch64 code, where instructions are 32-bit words. The part's SHA-256 in the
+        // superblock replaces xz's own check.
+        let mut lz = liblzma::stream::LzmaOptions::new_preset(
+            self.opts.part_preset | liblzma::stream::PRESET_EXTREME,
+        )
+        .context("xz options")?;
+        lz.dict_size(self.opts.dict_size)
+            .literal_context_bits(0)
+            .literal_position_bits(2)
+            .position_bits(2);
+        let mut filters = liblzma::stream::Filters::new();
+        filters.lzma2(&lz);
+        let stream =
+            liblzma::stream::Stream::new_stream_encoder(&filters, liblzma::stream::Check::None)
+                .context("starting the xz encoder")?;
+        let mut enc: PartEncoder = liblzma::write::XzEncoder::new_stream(hw, stream);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let compressor = std::thread::spawn(move || -> Result<(u64, [u8; 32])> {
+            for chunk in rx {
+                enc.write_all(&chunk)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+            let mut hw = enc.finish().context("finishing a part")?;
+            hw.flush().context("writing a part")?;
+            let f = hw
+                .inner
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .context("writing a part")?;
+            f.sync_all().context("fsync of a part")?;
+            Ok((hw.count, hw.hasher.finalize().into()))
+        });
+        let mut buf = Vec::with_capacity(PART_CHUNK);
+        buf.extend_from_slice(PART_MAGIC);
+        Ok(OpenPart {
+            tx,
+            compressor,
+            buf,
+            n: PART_MAGIC.len() as u64,
+            objects: Vec::new(),
+        })
+    }
+
     fn write(&mut self, data: &[u8]) -> Result<()> {
         if self.current.is_none() {
-            let p = self.dir.join(part_name(self.parts.len()));
-            let f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
-            let hw = HashWriter {
-                inner: BufWriter::new(f),
-                hasher: sha2::Sha256::new(),
-                count: 0,
-            };
-            // LZMA2 with 4-byte literal positions (lp=2, pb=2, lc=0): tuned on bsdiff output of
-            // aarch64 code, where instructions are 32-bit words. The part's SHA-256 in the
-            // superblock replaces xz's own check.
-            let mut lz = liblzma::stream::LzmaOptions::new_preset(
-                self.opts.part_preset | liblzma::stream::PRESET_EXTREME,
-            )
-            .context("xz options")?;
-            lz.dict_size(self.opts.dict_size)
-                .literal_context_bits(0)
-                .literal_position_bits(2)
-                .position_bits(2);
-            let mut filters = liblzma::stream::Filters::new();
-            filters.lzma2(&lz);
-            let stream =
-                liblzma::stream::Stream::new_stream_encoder(&filters, liblzma::stream::Check::None)
-                    .context("starting the xz encoder")?;
-            let mut enc = liblzma::write::XzEncoder::new_stream(hw, stream);
-            enc.write_all(PART_MAGIC).context("writing a part")?;
-            self.current = Some((enc, PART_MAGIC.len() as u64, Vec::new()));
+            self.current = Some(self.open()?);
         }
-        if let Some((enc, n, _)) = self.current.as_mut() {
-            enc.write_all(data).context("writing a part")?;
-            *n += data.len() as u64;
+        let Some(part) = self.current.as_mut() else {
+            return Ok(());
+        };
+        part.buf.extend_from_slice(data);
+        part.n += data.len() as u64;
+        if part.buf.len() >= PART_CHUNK {
+            let chunk = std::mem::replace(&mut part.buf, Vec::with_capacity(PART_CHUNK));
+            if part.tx.send(chunk).is_err() {
+                // The compressor stopped: its error says why.
+                let part = self.current.take().context("no open part")?;
+                drop(part.tx);
+                return match part.compressor.join() {
+                    Ok(Err(e)) => Err(e),
+                    _ => bail!("the part compressor stopped"),
+                };
+            }
         }
         Ok(())
     }
@@ -396,9 +462,9 @@ impl PartWriter<'_> {
     }
 
     fn end_object(&mut self, c: Checksum) -> Result<()> {
-        let full = if let Some((_, n, objs)) = self.current.as_mut() {
-            objs.push(c);
-            *n >= self.opts.max_part_size
+        let full = if let Some(part) = self.current.as_mut() {
+            part.objects.push(c);
+            part.n >= self.opts.max_part_size
         } else {
             false
         };
@@ -408,25 +474,49 @@ impl PartWriter<'_> {
         Ok(())
     }
 
+    /// Hand the open part's last bytes to its compressor; wait for the oldest ones while more
+    /// than [`MAX_PARTS_IN_FLIGHT`] are compressing.
     fn close(&mut self) -> Result<()> {
-        let Some((mut enc, n, objects)) = self.current.take() else {
+        if let Some(mut part) = self.current.take() {
+            part.buf.push(OP_END);
+            // A send error means the compressor failed: joining it reports why.
+            let _ = part.tx.send(part.buf);
+            drop(part.tx);
+            self.closing.push_back(ClosingPart {
+                compressor: part.compressor,
+                uncompressed_size: part.n + 1,
+                objects: part.objects,
+            });
+        }
+        while self.closing.len() > MAX_PARTS_IN_FLIGHT {
+            self.collect_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn collect_oldest(&mut self) -> Result<()> {
+        let Some(done) = self.closing.pop_front() else {
             return Ok(());
         };
-        enc.write_all(&[OP_END]).context("writing a part")?;
-        let mut hw = enc.finish().context("finishing a part")?;
-        hw.flush().context("writing a part")?;
-        let f = hw
-            .inner
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .context("writing a part")?;
-        f.sync_all().context("fsync of a part")?;
+        let (size, sha256) = done
+            .compressor
+            .join()
+            .map_err(|_| anyhow::anyhow!("the part compressor panicked"))??;
         self.parts.push(PartInfo {
-            size: hw.count,
-            uncompressed_size: n + 1,
-            sha256: hw.hasher.finalize().into(),
-            objects,
+            size,
+            uncompressed_size: done.uncompressed_size,
+            sha256,
+            objects: done.objects,
         });
+        Ok(())
+    }
+
+    /// Close the last part and wait for every compressor.
+    fn finish(&mut self) -> Result<()> {
+        self.close()?;
+        while !self.closing.is_empty() {
+            self.collect_oldest()?;
+        }
         Ok(())
     }
 }
@@ -480,12 +570,13 @@ fn generate_into(
         opts,
         parts: Vec::new(),
         current: None,
+        closing: std::collections::VecDeque::new(),
     };
     for (path, c) in &new.files {
         emit(repo, &mut old, &mut pw, path, c, opts, &mut sum)
             .with_context(|| format!("adding {path} (object {c}) to the delta"))?;
     }
-    pw.close()?;
+    pw.finish()?;
     let sb = Superblock {
         from: a.content_checksum(),
         to: b.content_checksum(),
