@@ -83,9 +83,9 @@ T apply-ostree ostree static-delta apply-offline --repo="$W/dev-ostree" "$W/ostr
 echo "== verify"
 B_CONTENT=$(ostree --repo="$W/pub" show "$B" | awk '/ContentChecksum/ {print $2}')
 [ "$(cat "$W/apply-ours.out")" = "$B_CONTENT" ] || { echo "otter apply produced tree $(cat "$W/apply-ours.out"), want $B_CONTENT" >&2; exit 1; }
-ostree refs --repo="$W/dev-ours" --create=bench/B "$B"
+# (the device wrote its own commit over the rebuilt tree: ref bench/B)
 ostree fsck --repo="$W/dev-ours" | tail -1
-ostree ls -R --repo="$W/dev-ours" "$B" | md5sum | cut -c1-32 >"$W/ls-ours"
+ostree ls -R --repo="$W/dev-ours" bench/B | md5sum | cut -c1-32 >"$W/ls-ours"
 ostree ls -R --repo="$W/pub" "$B" | md5sum | cut -c1-32 >"$W/ls-pub"
 cmp "$W/ls-ours" "$W/ls-pub" && echo "tree listing of B identical to the publisher's"
 

@@ -67,7 +67,7 @@ if ! rustup target list --installed | grep -qx aarch64-unknown-linux-musl; then
   echo "== rustup target add aarch64-unknown-linux-musl"
   rustup target add aarch64-unknown-linux-musl >"$log.rustup" 2>&1 || { cat "$log.rustup"; exit 1; }
 fi
-# cargo-fuzz (libFuzzer driver for fuzz/run.sh); built from crates.io with the stable toolchain.
+# cargo-fuzz (libFuzzer driver for fuzz/run.sh); built from the Rust package registry with the stable toolchain.
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "== cargo install cargo-fuzz"
   cargo install cargo-fuzz --locked >"$log.cargo-fuzz" 2>&1 || { tail -n 40 "$log.cargo-fuzz"; exit 1; }

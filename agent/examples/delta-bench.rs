@@ -57,7 +57,18 @@ fn main() -> Result<()> {
             let repo = Repo::open(Path::new(repo))?;
             let from: Checksum = from.parse()?;
             let done = otter::delta::apply_dir(&repo, Path::new(dir), &from)?;
-            // The tree (content checksum); a device would now write its own commit over it.
+            // Like a device: its own commit over the rebuilt root, ref bench/B; prints the
+            // tree (content checksum).
+            let commit = repo.transaction()?.commit(
+                "delta-bench: B rebuilt from A and the delta",
+                "",
+                Vec::new(),
+                None,
+                0,
+                &done.root_tree,
+                &done.root_meta,
+            )?;
+            repo.set_ref("bench/B", Some(&commit))?;
             println!("{}", done.content);
         }
         _ => bail!("usage: delta-bench import REPO TAR SUBJECT | generate REPO FROM TO OUT | apply REPO DIR FROM"),

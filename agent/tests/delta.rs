@@ -513,6 +513,21 @@ fn kernel_modules_are_patched_against_renumbered_btf() {
     let p =
         delta::generate_with(&publ, &a_pub.trim().parse().unwrap(), &s.b, &plain, &off).unwrap();
     assert_eq!(p.btf_patched_files, 0);
+    // One patch thread or several: the same bytes.
+    let serial = s.dir.join("delta-serial");
+    let one = GenerateOptions {
+        threads: 1,
+        ..opts.clone()
+    };
+    delta::generate_with(&publ, &a_pub.trim().parse().unwrap(), &s.b, &serial, &one).unwrap();
+    for f in fs::read_dir(&s.delta).unwrap() {
+        let f = f.unwrap().path();
+        let name = f.file_name().unwrap();
+        assert!(
+            fs::read(&f).unwrap() == fs::read(serial.join(name)).unwrap(),
+            "{name:?}"
+        );
+    }
     // (the patches, each compressed alone; the part compresses across files, which hides
     // some of the repetition in plain patches)
     assert!(

@@ -33,6 +33,8 @@ pub struct GenerateOptions {
     pub dict_size: u32,
     /// Larger source files are not used as patch bases (device memory: old + new in RAM).
     pub max_patch_source_size: u64,
+    /// Threads computing patches (0: one per core). The output does not depend on it.
+    pub threads: usize,
     /// Diff kernel objects against a source whose `.BTF` section is renumbered the way B's
     /// kernel numbers types and strings (off: plain bsdiff; for measurements).
     pub btf: bool,
@@ -47,6 +49,7 @@ impl Default for GenerateOptions {
             patch_level: 19,
             dict_size: 4 << 20,
             max_patch_source_size: MAX_PATCH_SOURCE_SIZE,
+            threads: 0,
             btf: true,
         }
     }
@@ -137,8 +140,9 @@ struct Old {
     dirtrees: HashSet<Checksum>,
     dirmetas: HashSet<Checksum>,
     /// size → regular objects of that size (built on first use).
-    by_size: Option<HashMap<u64, Vec<Checksum>>>,
-    content_hash: HashMap<Checksum, [u8; 32]>,
+    by_size: std::sync::OnceLock<HashMap<u64, Vec<Checksum>>>,
+    /// SHA-256 of object contents (shared by the workers).
+    content_hash: std::sync::Mutex<HashMap<Checksum, [u8; 32]>>,
     /// How B's BTF type ids and string offsets relate to A's (learnt before any file is
     /// emitted; see [`super::btf`]).
     btf_maps: BtfMaps,
@@ -252,9 +256,9 @@ fn read_content(repo: &Repo, c: &Checksum, max: u64) -> Result<Option<Vec<u8>>> 
     Ok(Some(v))
 }
 
-fn content_sha(repo: &Repo, old: &mut Old, c: &Checksum) -> Result<Option<[u8; 32]>> {
-    if let Some(h) = old.content_hash.get(c) {
-        return Ok(Some(*h));
+fn content_sha(repo: &Repo, old: &Old, c: &Checksum) -> Result<Option<[u8; 32]>> {
+    if let Some(h) = old.content_hash.lock().ok().and_then(|m| m.get(c).copied()) {
+        return Ok(Some(h));
     }
     let f = repo.open_file(c)?;
     let Some(mut file) = f.content else {
@@ -263,18 +267,20 @@ fn content_sha(repo: &Repo, old: &mut Old, c: &Checksum) -> Result<Option<[u8; 3
     let mut h = sha2::Sha256::new();
     io::copy(&mut file, &mut h).with_context(|| format!("reading {}", f.path.display()))?;
     let h: [u8; 32] = h.finalize().into();
-    old.content_hash.insert(*c, h);
+    if let Ok(mut m) = old.content_hash.lock() {
+        m.insert(*c, h);
+    }
     Ok(Some(h))
 }
 
 /// An A object with exactly this content, if any (same size, same SHA-256).
 fn find_same_content(
     repo: &Repo,
-    old: &mut Old,
+    old: &Old,
     size: u64,
     sha: &[u8; 32],
 ) -> Result<Option<Checksum>> {
-    if old.by_size.is_none() {
+    if old.by_size.get().is_none() {
         let mut m: HashMap<u64, Vec<Checksum>> = HashMap::new();
         for c in &old.files {
             let md = fs::symlink_metadata(repo.object_path(ObjectKind::File, c))
@@ -282,17 +288,12 @@ fn find_same_content(
             // bare-user symlinks are small regular files too; content_sha filters them.
             m.entry(md.len()).or_default().push(*c);
         }
-        old.by_size = Some(m);
+        let _ = old.by_size.set(m);
     }
-    let candidates = old
-        .by_size
-        .as_ref()
-        .and_then(|m| m.get(&size))
-        .cloned()
-        .unwrap_or_default();
-    for c in candidates {
-        if content_sha(repo, old, &c)?.as_ref() == Some(sha) {
-            return Ok(Some(c));
+    let candidates = old.by_size.get().and_then(|m| m.get(&size));
+    for c in candidates.into_iter().flatten() {
+        if content_sha(repo, old, c)?.as_ref() == Some(sha) {
+            return Ok(Some(*c));
         }
     }
     Ok(None)
@@ -540,8 +541,8 @@ fn generate_into(
         files: HashSet::new(),
         dirtrees: HashSet::new(),
         dirmetas: HashSet::new(),
-        by_size: None,
-        content_hash: HashMap::new(),
+        by_size: std::sync::OnceLock::new(),
+        content_hash: std::sync::Mutex::new(HashMap::new()),
         btf_maps: BtfMaps::default(),
     };
     old.dirmetas.insert(a.root_meta);
@@ -572,10 +573,9 @@ fn generate_into(
         current: None,
         closing: std::collections::VecDeque::new(),
     };
-    for (path, c) in &new.files {
-        emit(repo, &mut old, &mut pw, path, c, opts, &mut sum)
-            .with_context(|| format!("adding {path} (object {c}) to the delta"))?;
-    }
+    prepare_in_parallel(repo, &old, &new.files, opts, &mut |p| {
+        write_prepared(repo, &mut pw, p, &mut sum)
+    })?;
     pw.finish()?;
     let sb = Superblock {
         from: a.content_checksum(),
@@ -597,24 +597,43 @@ fn generate_into(
     Ok(sum)
 }
 
-fn emit(
+/// One file of B, ready to be written into a part: the whole op (or, for a file too large to
+/// hold, the op's head and the object to stream after it) and what it counts for.
+struct Prepared {
+    object: Checksum,
+    op: Vec<u8>,
+    /// Content streamed from `object` after `op` (files sent whole that are not held).
+    stream: Option<u64>,
+    kind: PreparedKind,
+}
+
+enum PreparedKind {
+    New { bytes: u64 },
+    Patched { size: u64, estimate: u64, btf: bool },
+    Copied,
+}
+
+/// Choose and compute the op for one file of B (the expensive part: patches). Shares nothing
+/// mutable but `old`'s caches, so it runs on several threads.
+fn prepare(
     repo: &Repo,
-    old: &mut Old,
-    pw: &mut PartWriter<'_>,
+    old: &Old,
     path: &str,
     c: &Checksum,
     opts: &GenerateOptions,
-    sum: &mut DeltaSummary,
-) -> Result<()> {
+) -> Result<Prepared> {
     let f = repo.open_file(c)?;
     let header = encode_header(&f.header);
     let Some(mut content) = f.content else {
         let mut op = vec![OP_NEW];
         op.extend_from_slice(&header);
         put_u64(&mut op, 0);
-        pw.write(&op)?;
-        sum.new_files += 1;
-        return pw.end_object(*c);
+        return Ok(Prepared {
+            object: *c,
+            op,
+            stream: None,
+            kind: PreparedKind::New { bytes: 0 },
+        });
     };
     let size = f.size;
     let base = if size <= MAX_PATCH_TARGET_SIZE && size > 0 {
@@ -643,9 +662,12 @@ fn emit(
             let mut op = vec![OP_COPY];
             op.extend_from_slice(&header);
             op.extend_from_slice(&src.0);
-            pw.write(&op)?;
-            sum.copied_files += 1;
-            return pw.end_object(*c);
+            return Ok(Prepared {
+                object: *c,
+                op,
+                stream: None,
+                kind: PreparedKind::Copied,
+            });
         }
         if let Some((src, _)) = base {
             let raw = zstd::bulk::compress(data, 3).context("compressing")?;
@@ -685,15 +707,19 @@ fn emit(
                     if let Some((offset, len, _)) = &btf {
                         put_u64(&mut op, *offset);
                         put_u64(&mut op, *len);
-                        sum.btf_patched_files += 1;
                     }
                     put_u64(&mut op, bs.len() as u64);
-                    pw.write(&op)?;
-                    pw.write(&bs)?;
-                    sum.patched_files += 1;
-                    sum.patched_bytes += size;
-                    sum.patch_bytes += est as u64;
-                    return pw.end_object(*c);
+                    op.extend_from_slice(&bs);
+                    return Ok(Prepared {
+                        object: *c,
+                        op,
+                        stream: None,
+                        kind: PreparedKind::Patched {
+                            size,
+                            estimate: est as u64,
+                            btf: btf.is_some(),
+                        },
+                    });
                 }
                 if patch.len() < raw.len() {
                     let mut op = vec![OP_PATCH_ZSTD];
@@ -701,12 +727,17 @@ fn emit(
                     put_u64(&mut op, size);
                     op.extend_from_slice(&src.0);
                     put_u64(&mut op, patch.len() as u64);
-                    pw.write(&op)?;
-                    pw.write(&patch)?;
-                    sum.patched_files += 1;
-                    sum.patched_bytes += size;
-                    sum.patch_bytes += patch.len() as u64;
-                    return pw.end_object(*c);
+                    op.extend_from_slice(&patch);
+                    return Ok(Prepared {
+                        object: *c,
+                        op,
+                        stream: None,
+                        kind: PreparedKind::Patched {
+                            size,
+                            estimate: patch.len() as u64,
+                            btf: false,
+                        },
+                    });
                 }
             }
         }
@@ -714,20 +745,135 @@ fn emit(
     let mut op = vec![OP_NEW];
     op.extend_from_slice(&header);
     put_u64(&mut op, size);
-    pw.write(&op)?;
-    match &data {
-        Some(d) => pw.write(d)?,
-        None => {
-            let mut file = repo
-                .open_file(c)?
-                .content
-                .with_context(|| format!("object {c} has no content"))?;
-            pw.copy(&mut file, size)?;
+    let stream = match data {
+        Some(d) => {
+            op.extend_from_slice(&d);
+            None
         }
+        None => Some(size),
+    };
+    Ok(Prepared {
+        object: *c,
+        op,
+        stream,
+        kind: PreparedKind::New { bytes: size },
+    })
+}
+
+/// Write a prepared op into the parts, in B's order.
+fn write_prepared(
+    repo: &Repo,
+    pw: &mut PartWriter<'_>,
+    p: Prepared,
+    sum: &mut DeltaSummary,
+) -> Result<()> {
+    pw.write(&p.op)?;
+    if let Some(size) = p.stream {
+        let mut file = repo
+            .open_file(&p.object)?
+            .content
+            .with_context(|| format!("object {} has no content", p.object))?;
+        pw.copy(&mut file, size)?;
     }
-    sum.new_files += 1;
-    sum.new_bytes += size;
-    pw.end_object(*c)
+    match p.kind {
+        PreparedKind::New { bytes } => {
+            sum.new_files += 1;
+            sum.new_bytes += bytes;
+        }
+        PreparedKind::Patched {
+            size,
+            estimate,
+            btf,
+        } => {
+            sum.patched_files += 1;
+            sum.patched_bytes += size;
+            sum.patch_bytes += estimate;
+            sum.btf_patched_files += usize::from(btf);
+        }
+        PreparedKind::Copied => sum.copied_files += 1,
+    }
+    pw.end_object(p.object)
+}
+
+/// Files prepared ahead of the one being written (bounds memory: each holds its patch).
+const PREPARE_AHEAD: usize = 8;
+
+/// Prepare every file on `opts.threads` workers (0: one per core) and hand the results to
+/// `write` in the files' order. The first error stops the workers and is returned.
+fn prepare_in_parallel(
+    repo: &Repo,
+    old: &Old,
+    files: &[(String, Checksum)],
+    opts: &GenerateOptions,
+    write: &mut dyn FnMut(Prepared) -> Result<()>,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{mpsc, Condvar, Mutex};
+    let workers = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    // Index of the next file to be written; workers wait while they are too far ahead.
+    let written = (Mutex::new(0usize), Condvar::new());
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel::<(usize, Result<Prepared>)>();
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (next, stop, written) = (&next, &stop, &written);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some((path, c)) = files.get(i) else {
+                    break;
+                };
+                if let Ok(mut w) = written.0.lock() {
+                    while i >= *w + PREPARE_AHEAD && !stop.load(Ordering::SeqCst) {
+                        w = match written.1.wait(w) {
+                            Ok(w) => w,
+                            Err(_) => break,
+                        };
+                    }
+                }
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let r = prepare(repo, old, path, c, opts)
+                    .with_context(|| format!("adding {path} (object {c}) to the delta"));
+                if tx.send((i, r)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut ready = std::collections::BTreeMap::new();
+        let mut want = 0;
+        let mut result = Ok(());
+        'receive: for (i, r) in rx {
+            ready.insert(i, r);
+            while let Some(r) = ready.remove(&want) {
+                if let Err(e) = r.and_then(&mut *write) {
+                    result = Err(e);
+                    break 'receive;
+                }
+                want += 1;
+                if let Ok(mut w) = written.0.lock() {
+                    *w = want;
+                }
+                written.1.notify_all();
+            }
+        }
+        if result.is_err() {
+            stop.store(true, Ordering::SeqCst);
+            written.1.notify_all();
+        } else if want != files.len() {
+            result = Err(anyhow::anyhow!(
+                "prepared {want} of {} files: a worker stopped",
+                files.len()
+            ));
+        }
+        result
+    })
 }
 
 /// `old` with its `.BTF` section rewritten through the maps: (section offset, length, bytes).
