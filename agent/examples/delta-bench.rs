@@ -38,7 +38,7 @@ fn main() -> Result<()> {
             let to: Checksum = to.parse()?;
             let s = otter::delta::generate(&repo, &from, &to, Path::new(out))?;
             println!(
-                "total={} parts={} superblock={} meta={} new={}/{}B patched={}/{}B->{}B copied={} btf-patched={} btf-map-runs={}",
+                "total={} parts={} superblock={} meta={} new={}/{}B patched={}/{}B->{}B copied={} btf-patched={} btf-map-runs={} dirtree-bases={}",
                 s.total_size,
                 s.parts,
                 s.superblock_size,
@@ -50,7 +50,8 @@ fn main() -> Result<()> {
                 s.patch_bytes,
                 s.copied_files,
                 s.btf_patched_files,
-                s.btf_map_runs
+                s.btf_map_runs,
+                s.dirtree_bases
             );
         }
         ["apply", repo, dir, from] => {

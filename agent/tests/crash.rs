@@ -1064,13 +1064,13 @@ fn delta_apply(work: &Path, images: &Path) -> Row {
         "too few parts for the test: {summary:?}"
     );
     otter::publish::delta::attach(&v2, &to_digest, &from_digest, &summary, &dir, false).unwrap();
-    let sb = delta::read_superblock(&mut delta::DirStore::new(&dir)).unwrap();
 
     // Device: A imported from its layers (its own commit), nothing of B.
     let pristine = work.join("delta-pristine");
     let dev = Repo::init(&pristine, RepoMode::BareUser).unwrap();
     let (a, _) = import_image(&dev, &v1);
     dev.set_ref("otter/a", Some(&a)).unwrap();
+    let sb = delta::read_superblock(&dev, &mut delta::DirStore::new(&dir), &a).unwrap();
     drop(dev);
     let spec = |r: &Path| {
         format!(

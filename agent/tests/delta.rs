@@ -325,6 +325,9 @@ fn delta_rebuilds_b_on_a_device_that_has_only_a() {
     assert!(sum.patch_bytes < 100_000, "{sum:?}");
     // Dominated by the two new incompressible files (1 MB), not by the 2.5 MB of changed ones.
     assert!(sum.total_size < 1_150_000, "{sum:?}");
+    // The changed directories (/, usr, usr/bin, usr/lib, the renamed modules dir, …) are
+    // compressed against A's versions of them.
+    assert!(sum.dirtree_bases >= 5, "{sum:?}");
 
     let repo = Repo::open(&s.device).unwrap();
     let applied = delta::apply_dir(&repo, &s.delta, &s.a).unwrap();

@@ -74,10 +74,25 @@ fn verify() {
 #[test]
 fn delta() {
     run("delta", otter::fuzzing::delta);
+    // The seeds follow the current format (a stale one never reaches the parsers behind the
+    // magic): both superblock seeds decode.
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/delta");
+    let stored = fs::read(corpus.join("superblock")).unwrap();
+    let sb = otter::delta::Superblock::decode(&mut &stored[1..], &mut |_, k| {
+        otter::fuzzing::delta_base_dirtree(k)
+    })
+    .unwrap();
+    assert!(sb.dirtree_bases.iter().any(|b| b.is_some()), "{sb:?}");
+    let body = fs::read(corpus.join("superblock-body")).unwrap();
+    let frame = zstd::encode_all(&body[1..], 1).unwrap();
+    let plain = [&otter::delta::SUPERBLOCK_MAGIC[..], &[0; 36], &frame].concat();
+    otter::delta::Superblock::decode(&mut &plain[..], &mut |_, _| unreachable!()).unwrap();
 }
 
-/// Writes the `delta` seed: a real delta between two commits of the ostree CLI, made by
-/// `otter::delta::generate`. Run by hand (`--ignored make_delta_seed`) to refresh it.
+/// Writes the `delta` seeds: the superblock of a real delta between two commits of the ostree
+/// CLI, made by `otter::delta::generate`, re-encoded against the fuzz target's base dirtrees
+/// (stored), and its body without bases (plain). Run by hand (`--ignored make_delta_seed`) to
+/// refresh them.
 #[cfg(feature = "publish")]
 #[test]
 #[ignore = "seed generator, run by hand"]
@@ -116,9 +131,23 @@ fn make_delta_seed() {
     otter::delta::generate(&repo, &commits[0], &commits[1], &out).unwrap();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/delta");
     fs::create_dir_all(&dir).unwrap();
-    let mut sb = vec![0u8];
-    sb.extend(fs::read(out.join("superblock")).unwrap());
-    fs::write(dir.join("superblock"), sb).unwrap();
+    let sb =
+        otter::delta::read_superblock(&repo, &mut otter::delta::DirStore::new(&out), &commits[0])
+            .unwrap();
+    assert!(sb.dirtree_bases.iter().any(|b| b.is_some()), "{sb:?}");
+    let stored = sb
+        .encode(19, &mut otter::fuzzing::delta_base_dirtree)
+        .unwrap();
+    fs::write(dir.join("superblock"), [&[0u8][..], &stored].concat()).unwrap();
+    let plain = otter::delta::Superblock {
+        dirtree_bases: Vec::new(),
+        ..sb
+    }
+    .encode(19, &mut otter::fuzzing::delta_base_dirtree)
+    .unwrap();
+    // Magic, `from`, zero bases, then the frame.
+    let body = zstd::decode_all(&plain[44..]).unwrap();
+    fs::write(dir.join("superblock-body"), [&[1u8][..], &body].concat()).unwrap();
 }
 
 #[test]

@@ -10,9 +10,10 @@ use sha2::Digest;
 
 use super::btf::BtfMaps;
 use super::format::{
-    patch_window_log, read_checksum, read_header, read_u64, read_u8, HashReader, PartInfo,
-    Superblock, MAX_BTF_SECTION, MAX_PATCH_SOURCE_SIZE, MAX_PATCH_TARGET_SIZE, OP_COPY, OP_END,
-    OP_NEW, OP_PATCH_BSDIFF, OP_PATCH_BSDIFF_BTF, OP_PATCH_ZSTD, PART_DICT_MAX, PART_MAGIC,
+    base_dirtree_order, patch_window_log, read_checksum, read_header, read_u64, read_u8,
+    HashReader, PartInfo, Superblock, MAX_BTF_SECTION, MAX_PATCH_SOURCE_SIZE,
+    MAX_PATCH_TARGET_SIZE, OP_COPY, OP_END, OP_NEW, OP_PATCH_BSDIFF, OP_PATCH_BSDIFF_BTF,
+    OP_PATCH_ZSTD, PART_DICT_MAX, PART_MAGIC,
 };
 use super::{part_name, SUPERBLOCK_NAME};
 use crate::ostree::{
@@ -84,10 +85,46 @@ pub fn apply_dir(repo: &Repo, dir: &Path, base: &Checksum) -> Result<Applied> {
         .with_context(|| format!("applying the delta in {}", dir.display()))
 }
 
-/// The superblock of a delta (read and checked, nothing written).
-pub fn read_superblock(store: &mut dyn DeltaStore) -> Result<Superblock> {
+/// The superblock of a delta that must start from the tree of commit `base` (read and
+/// checked, nothing written). Its dirtrees are compressed against A's, read from `repo`.
+pub fn read_superblock(
+    repo: &Repo,
+    store: &mut dyn DeltaStore,
+    base: &Checksum,
+) -> Result<Superblock> {
+    let a = repo
+        .read_commit(base)
+        .with_context(|| format!("reading commit {base}: the delta cannot be applied"))?;
+    let have = a.content_checksum();
+    let other_tree = |from: &Checksum| {
+        anyhow::anyhow!(
+            "the delta starts from tree {from} but this system runs tree {have} (commit \
+             {base}): it does not apply here; fetch the full image instead"
+        )
+    };
+    let mut order: Option<Vec<Checksum>> = None;
     let mut r = store.superblock()?;
-    Superblock::decode(&mut r).context("reading the delta superblock")
+    let sb = Superblock::decode(&mut r, &mut |from, k| {
+        if *from != have {
+            return Err(other_tree(from));
+        }
+        let order = match &mut order {
+            Some(o) => o,
+            empty => empty.insert(base_dirtree_order(repo, &a.root_tree)?),
+        };
+        let c = order.get(k as usize).with_context(|| {
+            format!(
+                "the superblock's base dirtree #{k} is not in tree {have}, which has {}",
+                order.len()
+            )
+        })?;
+        repo.read_metadata(ObjectKind::DirTree, c)
+    })
+    .context("reading the delta superblock")?;
+    if sb.from != have {
+        return Err(other_tree(&sb.from));
+    }
+    Ok(sb)
 }
 
 /// Rebuild tree B of a delta on top of the tree of commit `base` (the device's commit of
@@ -99,18 +136,7 @@ pub fn read_superblock(store: &mut dyn DeltaStore) -> Result<Superblock> {
 /// [`Applied::root_tree`]/[`Applied::root_meta`] (as an import would). On error nothing is
 /// referenced: the caller can fall back to full layers.
 pub fn apply(repo: &Repo, store: &mut dyn DeltaStore, base: &Checksum) -> Result<Applied> {
-    let sb = read_superblock(store)?;
-    let have = repo
-        .read_commit(base)
-        .with_context(|| format!("reading commit {base}: the delta cannot be applied"))?
-        .content_checksum();
-    if sb.from != have {
-        bail!(
-            "the delta starts from tree {} but this system runs tree {have} (commit {base}): it \
-             does not apply here; fetch the full image instead",
-            sb.from
-        );
-    }
+    let sb = read_superblock(repo, store, base)?;
     let (from, to) = (sb.from, sb.to);
     let mut done = Applied {
         content: to,

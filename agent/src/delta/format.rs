@@ -1,25 +1,29 @@
 //! The delta wire format (see `docs/deltas.md`): superblock and part streams, little-endian.
 
-use std::io::Read;
+use std::collections::HashSet;
 #[cfg(feature = "publish")]
 use std::io::Write;
+use std::io::{BufReader, Read};
 
 use anyhow::{bail, Context, Result};
 
 pub use super::btf::MAX_BTF_SECTION;
 use super::btf::{BtfMaps, IdMap};
-use crate::ostree::{content_checksum, Checksum, DirMeta, FileHeader};
+use crate::ostree::{content_checksum, Checksum, DirMeta, FileHeader, Repo, MAX_TREE_DEPTH};
 
-/// First 8 bytes of a superblock file (then one zstd frame).
-pub const SUPERBLOCK_MAGIC: &[u8; 8] = b"OTDELTA3";
+/// First 8 bytes of a superblock file (then `from`, the dirtree bases and one zstd frame).
+pub const SUPERBLOCK_MAGIC: &[u8; 8] = b"OTDELTA4";
 /// First 8 bytes of a part's decompressed stream.
 pub const PART_MAGIC: &[u8; 8] = b"OTDPART2";
 /// Largest decompressed superblock we accept.
 pub const MAX_SUPERBLOCK_SIZE: u64 = 64 << 20;
 /// Largest encoded file header (ownership, mode, xattrs, symlink target).
 pub const MAX_HEADER_SIZE: u32 = 1 << 20;
-/// zstd window of the superblock (decoder buffer bound).
+/// zstd window of a superblock without dirtree bases (decoder buffer bound).
 pub const PART_WINDOW_LOG_MAX: u32 = 23;
+/// Largest sum of base dirtrees a superblock may be compressed against (the decoder holds
+/// them as the zstd reference prefix).
+pub const MAX_BASE_PREFIX: u64 = 16 << 20;
 /// Largest LZMA2 dictionary of a part stream: the decoder refuses parts that need more memory.
 pub const PART_DICT_MAX: u32 = 8 << 20;
 /// Largest source ("old") object a zstd patch may reference; larger files are sent whole.
@@ -77,6 +81,11 @@ pub struct Superblock {
     pub root_meta: Checksum,
     /// Dirtree objects of B missing from A.
     pub dirtrees: Vec<Vec<u8>>,
+    /// For the first `dirtree_bases.len()` dirtrees: the dirtree of A (its number in
+    /// [`base_dirtree_order`]) the superblock is compressed against, usually the one at the same
+    /// path. Costs nothing but compression: unchanged entries of a changed directory are
+    /// matched in A's version of it.
+    pub dirtree_bases: Vec<Option<u32>>,
     /// Dirmeta objects of B missing from A.
     pub dirmetas: Vec<Vec<u8>>,
     pub parts: Vec<PartInfo>,
@@ -88,10 +97,21 @@ const META_DIRTREE: u8 = 2;
 const META_DIRMETA: u8 = 3;
 
 impl Superblock {
-    /// Magic, then one zstd frame of the body.
-    pub fn encode(&self, level: i32) -> Result<Vec<u8>> {
+    /// Magic, `from`, the dirtree bases, then one zstd frame of the body compressed against
+    /// the base dirtrees. `base(k)` returns A's dirtree number `k` of [`base_dirtree_order`].
+    pub fn encode(
+        &self,
+        level: i32,
+        base: &mut dyn FnMut(u32) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        if self.dirtree_bases.len() > self.dirtrees.len() {
+            bail!(
+                "{} dirtree bases for {} dirtrees",
+                self.dirtree_bases.len(),
+                self.dirtrees.len()
+            );
+        }
         let mut body = Vec::new();
-        body.extend_from_slice(&self.from.0);
         body.extend_from_slice(&self.to.0);
         body.extend_from_slice(&self.root_tree.0);
         body.extend_from_slice(&self.root_meta.0);
@@ -123,33 +143,95 @@ impl Superblock {
             }
         }
         let mut out = SUPERBLOCK_MAGIC.to_vec();
-        out.extend_from_slice(
-            &zstd::bulk::compress(&body, level).context("compressing the superblock")?,
-        );
+        out.extend_from_slice(&self.from.0);
+        put_u32(&mut out, len32(self.dirtree_bases.len())?);
+        let mut prefix = Vec::new();
+        let mut previous = -1i64;
+        for b in &self.dirtree_bases {
+            match b {
+                None => put_varint(&mut out, 0),
+                Some(k) => {
+                    let step = i64::from(*k) - previous;
+                    put_varint(&mut out, zigzag(step) + 1);
+                    previous = i64::from(*k);
+                    prefix.extend_from_slice(
+                        &base(*k).with_context(|| format!("reading base dirtree #{k}"))?,
+                    );
+                }
+            }
+        }
+        if prefix.len() as u64 > MAX_BASE_PREFIX {
+            bail!(
+                "the base dirtrees add up to {} bytes, more than {MAX_BASE_PREFIX}",
+                prefix.len()
+            );
+        }
+        let frame = if prefix.is_empty() {
+            zstd::bulk::compress(&body, level)
+        } else {
+            (|| {
+                let mut enc =
+                    zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, &prefix)?;
+                enc.window_log(patch_window_log(prefix.len() as u64, body.len() as u64))?;
+                enc.include_contentsize(true)?;
+                enc.set_pledged_src_size(Some(body.len() as u64))?;
+                std::io::Write::write_all(&mut enc, &body)?;
+                enc.finish()
+            })()
+        };
+        out.extend_from_slice(&frame.context("compressing the superblock")?);
         Ok(out)
     }
 
     /// Parse and check a superblock: magic, sizes, `to` = content checksum of the root.
-    pub fn decode(r: &mut dyn Read) -> Result<Superblock> {
+    /// `base(from, k)` returns dirtree number `k` of tree `from` in [`base_dirtree_order`]
+    /// (it is called only when the superblock has bases, after `from` was read, so the
+    /// caller can refuse a delta for another tree first).
+    pub fn decode(
+        r: &mut dyn Read,
+        base: &mut dyn FnMut(&Checksum, u32) -> Result<Vec<u8>>,
+    ) -> Result<Superblock> {
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic)
             .context("reading the superblock magic")?;
         if &magic != SUPERBLOCK_MAGIC {
             bail!("not an otter delta superblock (magic {magic:02x?})");
         }
-        let mut dec = zstd::stream::read::Decoder::new(r).context("starting zstd")?;
-        dec.window_log_max(PART_WINDOW_LOG_MAX)
-            .context("setting the zstd window limit")?;
-        let mut body = Vec::new();
-        (&mut dec)
-            .take(MAX_SUPERBLOCK_SIZE + 1)
-            .read_to_end(&mut body)
-            .context("decompressing the superblock")?;
-        if body.len() as u64 > MAX_SUPERBLOCK_SIZE {
-            bail!("superblock is larger than {MAX_SUPERBLOCK_SIZE} bytes");
+        let from = read_checksum(r).context("reading the superblock's source tree")?;
+        let n_bases = read_u32(r)?;
+        let mut dirtree_bases = Vec::new();
+        let mut prefix = Vec::new();
+        let mut previous = -1i64;
+        for i in 0..n_bases {
+            let v = read_varint(r).with_context(|| format!("reading dirtree base {i}"))?;
+            if v == 0 {
+                dirtree_bases.push(None);
+                continue;
+            }
+            let k = previous
+                .checked_add(unzigzag(v - 1))
+                .and_then(|k| u32::try_from(k).ok())
+                .with_context(|| format!("dirtree base {i} is out of range"))?;
+            previous = i64::from(k);
+            dirtree_bases.push(Some(k));
+            prefix.extend_from_slice(&base(&from, k)?);
+            if prefix.len() as u64 > MAX_BASE_PREFIX {
+                bail!("the superblock's base dirtrees add up to more than {MAX_BASE_PREFIX} bytes");
+            }
         }
+        let body = if prefix.is_empty() {
+            let mut dec = zstd::stream::read::Decoder::new(r).context("starting zstd")?;
+            dec.window_log_max(PART_WINDOW_LOG_MAX)
+                .context("setting the zstd window limit")?;
+            read_body(&mut dec)?
+        } else {
+            let mut dec = zstd::stream::read::Decoder::with_ref_prefix(BufReader::new(r), &prefix)
+                .context("starting zstd")?;
+            dec.window_log_max(patch_window_log(prefix.len() as u64, MAX_SUPERBLOCK_SIZE))
+                .context("setting the zstd window limit")?;
+            read_body(&mut dec)?
+        };
         let mut r: &[u8] = &body;
-        let from = read_checksum(&mut r)?;
         let to = read_checksum(&mut r)?;
         let root_tree = read_checksum(&mut r)?;
         let root_meta = read_checksum(&mut r)?;
@@ -167,6 +249,13 @@ impl Superblock {
                 META_DIRMETA => dirmetas.push(data),
                 k => bail!("superblock has a metadata object of unknown kind {k}"),
             }
+        }
+        if dirtree_bases.len() > dirtrees.len() {
+            bail!(
+                "superblock lists {} dirtree bases for {} dirtrees",
+                dirtree_bases.len(),
+                dirtrees.len()
+            );
         }
         let n = read_u32(&mut r)?;
         let mut parts = Vec::new();
@@ -214,11 +303,81 @@ impl Superblock {
             root_tree,
             root_meta,
             dirtrees,
+            dirtree_bases,
             dirmetas,
             parts,
             btf: BtfMaps { types, strings },
         })
     }
+}
+
+/// The decompressed superblock body, at most [`MAX_SUPERBLOCK_SIZE`] bytes.
+fn read_body(dec: &mut dyn Read) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    dec.take(MAX_SUPERBLOCK_SIZE + 1)
+        .read_to_end(&mut body)
+        .context("decompressing the superblock")?;
+    if body.len() as u64 > MAX_SUPERBLOCK_SIZE {
+        bail!("superblock is larger than {MAX_SUPERBLOCK_SIZE} bytes");
+    }
+    Ok(body)
+}
+
+/// A's dirtrees as a superblock numbers them: depth first from the root, subdirectories in
+/// their dirtree's (name) order, each dirtree numbered where it is first met (a subtree that
+/// appears at several paths has one number and is not walked again).
+pub fn base_dirtree_order(repo: &Repo, root: &Checksum) -> Result<Vec<Checksum>> {
+    fn walk(
+        repo: &Repo,
+        tree: &Checksum,
+        depth: usize,
+        seen: &mut HashSet<Checksum>,
+        out: &mut Vec<Checksum>,
+    ) -> Result<()> {
+        if depth > MAX_TREE_DEPTH {
+            bail!("tree is nested deeper than {MAX_TREE_DEPTH}");
+        }
+        if !seen.insert(*tree) {
+            return Ok(());
+        }
+        out.push(*tree);
+        for (_, sub, _) in &repo.read_dirtree(tree)?.dirs {
+            walk(repo, sub, depth + 1, seen, out)?;
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(repo, root, 0, &mut HashSet::new(), &mut out)?;
+    Ok(out)
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// LEB128.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn read_varint(r: &mut dyn Read) -> Result<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = read_u8(r)?;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    bail!("varint is longer than 10 bytes")
 }
 
 /// The zstd window (log2) of a patch from `old` to `new` bytes: covers both, so every byte of
@@ -363,13 +522,26 @@ mod tests {
 
     #[test]
     fn superblock_round_trip_and_checks() {
+        // A's dirtree number k: 200 bytes that do not compress on their own.
+        let base_a = |k: u32| -> Result<Vec<u8>> {
+            Ok((0..200u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) ^ k.wrapping_mul(40_503) >> 3) as u8)
+                .collect())
+        };
+        // B's changed dirtrees: A's with an entry changed.
+        let changed = |k: u32| {
+            let mut t = base_a(k).unwrap();
+            t[100] ^= 1;
+            t
+        };
         let (root_tree, root_meta) = (Checksum([3; 32]), Checksum([4; 32]));
         let sb = Superblock {
             from: Checksum([1; 32]),
             to: content_checksum(&root_tree, &root_meta),
             root_tree,
             root_meta,
-            dirtrees: vec![vec![0]],
+            dirtrees: vec![changed(4), vec![5; 40], changed(2), vec![7; 40]],
+            dirtree_bases: vec![Some(4), None, Some(2)],
             dirmetas: vec![vec![1, 2, 3]],
             parts: vec![PartInfo {
                 size: 10,
@@ -382,13 +554,53 @@ mod tests {
                 strings: IdMap::from_runs(vec![(100, 7)]).unwrap(),
             },
         };
-        let enc = sb.encode(3).unwrap();
-        assert_eq!(Superblock::decode(&mut &enc[..]).unwrap(), sb);
+        let enc = sb.encode(3, &mut |k| base_a(k)).unwrap();
+        let mut asked = Vec::new();
+        let dec = Superblock::decode(&mut &enc[..], &mut |from, k| {
+            assert_eq!(*from, sb.from);
+            asked.push(k);
+            base_a(k)
+        })
+        .unwrap();
+        assert_eq!(dec, sb);
+        assert_eq!(asked, [4, 2]);
+        let without = Superblock {
+            dirtree_bases: Vec::new(),
+            ..sb.clone()
+        };
+        let plain = without.encode(3, &mut |k| base_a(k)).unwrap();
+        assert!(
+            enc.len() + 200 < plain.len(),
+            "the bases were not used: {} vs {} bytes",
+            enc.len(),
+            plain.len()
+        );
+        // Other base contents (another tree A) do not give the same body.
+        assert!(
+            Superblock::decode(&mut &enc[..], &mut |_, _| Ok(vec![0xee; 200]))
+                .map_or(true, |d| d != sb)
+        );
+        // Refusing the base (a delta for another tree) fails the decode.
+        assert!(Superblock::decode(&mut &enc[..], &mut |_, _| bail!("not this tree")).is_err());
         let mut bad = sb.clone();
         bad.to = Checksum([2; 32]);
-        let enc = bad.encode(3).unwrap();
-        assert!(Superblock::decode(&mut &enc[..]).is_err());
-        assert!(Superblock::decode(&mut &b"OTDELTA0"[..]).is_err());
+        let enc = bad.encode(3, &mut |k| base_a(k)).unwrap();
+        assert!(Superblock::decode(&mut &enc[..], &mut |_, k| base_a(k)).is_err());
+        let mut bad = sb.clone();
+        bad.dirtree_bases = vec![None; 5];
+        assert!(bad.encode(3, &mut |k| base_a(k)).is_err());
+        assert!(Superblock::decode(&mut &b"OTDELTA0"[..], &mut |_, k| base_a(k)).is_err());
+    }
+
+    #[test]
+    fn dirtree_base_steps_round_trip() {
+        for v in [0i64, 1, -1, 2, -2, 1 << 40, -(1 << 40), i64::MAX, i64::MIN] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+            let mut out = Vec::new();
+            put_varint(&mut out, zigzag(v));
+            assert_eq!(read_varint(&mut &out[..]).unwrap(), zigzag(v));
+        }
+        assert!(read_varint(&mut &[0xff; 11][..]).is_err());
     }
 
     #[test]

@@ -10,9 +10,9 @@ use sha2::Digest;
 
 use super::btf::{find_btf, BtfMaps, MapBuilder};
 use super::format::{
-    encode_header, patch_window_log, put_u64, HashWriter, PartInfo, Superblock,
-    MAX_PATCH_SOURCE_SIZE, MAX_PATCH_TARGET_SIZE, OP_COPY, OP_END, OP_NEW, OP_PATCH_BSDIFF,
-    OP_PATCH_BSDIFF_BTF, OP_PATCH_ZSTD, PART_DICT_MAX, PART_MAGIC,
+    base_dirtree_order, encode_header, patch_window_log, put_u64, HashWriter, PartInfo, Superblock,
+    MAX_BASE_PREFIX, MAX_PATCH_SOURCE_SIZE, MAX_PATCH_TARGET_SIZE, OP_COPY, OP_END, OP_NEW,
+    OP_PATCH_BSDIFF, OP_PATCH_BSDIFF_BTF, OP_PATCH_ZSTD, PART_DICT_MAX, PART_MAGIC,
 };
 use super::{part_name, SUPERBLOCK_NAME};
 use crate::ostree::{Checksum, ObjectKind, Repo, MAX_TREE_DEPTH};
@@ -80,6 +80,8 @@ pub struct DeltaSummary {
     pub btf_patched_files: usize,
     /// Runs of the BTF type-id and string-offset maps.
     pub btf_map_runs: usize,
+    /// New dirtrees compressed against A's dirtree at the same (or a renamed) path.
+    pub dirtree_bases: usize,
 }
 
 /// Generate the delta `from` → `to` into `out_dir` (which must not exist), with default options.
@@ -139,6 +141,12 @@ struct Old {
     files: HashSet<Checksum>,
     dirtrees: HashSet<Checksum>,
     dirmetas: HashSet<Checksum>,
+    /// Directory path → its dirtree, and path pattern → the first dirtree with that pattern:
+    /// the bases B's new dirtrees are compressed against.
+    dir_by_path: HashMap<String, Checksum>,
+    dir_by_pattern: HashMap<String, Checksum>,
+    /// A's dirtrees numbered as the superblock refers to them ([`base_dirtree_order`]).
+    dirtree_numbers: HashMap<Checksum, u32>,
     /// size → regular objects of that size (built on first use).
     by_size: std::sync::OnceLock<HashMap<u64, Vec<Checksum>>>,
     /// SHA-256 of object contents (shared by the workers).
@@ -176,6 +184,8 @@ fn walk_old(repo: &Repo, tree: &Checksum, prefix: &str, depth: usize, old: &mut 
     }
     // A subtree seen at another path is walked again: its paths are patch bases too.
     old.dirtrees.insert(*tree);
+    old.dir_by_path.insert(prefix.to_string(), *tree);
+    old.dir_by_pattern.entry(pattern(prefix)).or_insert(*tree);
     let t = repo.read_dirtree(tree)?;
     for (name, c) in &t.files {
         let p = format!("{prefix}/{name}");
@@ -193,6 +203,8 @@ fn walk_old(repo: &Repo, tree: &Checksum, prefix: &str, depth: usize, old: &mut 
 /// B's objects the device lacks: metadata objects and (path, file object) pairs.
 struct New {
     dirtrees: Vec<Vec<u8>>,
+    /// Per new dirtree: A's dirtree at the same (or a renamed) path, by its number.
+    dirtree_bases: Vec<Option<u32>>,
     dirmetas: Vec<Vec<u8>>,
     files: Vec<(String, Checksum)>,
     seen_trees: HashSet<Checksum>,
@@ -221,6 +233,12 @@ fn walk_new(
     }
     new.dirtrees
         .push(repo.read_metadata(ObjectKind::DirTree, tree)?);
+    let base = old
+        .dir_by_path
+        .get(prefix)
+        .or_else(|| old.dir_by_pattern.get(&pattern(prefix)))
+        .and_then(|c| old.dirtree_numbers.get(c));
+    new.dirtree_bases.push(base.copied());
     let t = repo.read_dirtree(tree)?;
     for (name, c) in &t.files {
         if !old.files.contains(c) && new.seen_files.insert(*c) {
@@ -535,12 +553,16 @@ fn generate_into(
     let b = repo
         .read_commit(to)
         .with_context(|| format!("reading target commit {to}"))?;
+    let order = base_dirtree_order(repo, &a.root_tree)?;
     let mut old = Old {
         by_path: HashMap::new(),
         by_pattern: HashMap::new(),
         files: HashSet::new(),
         dirtrees: HashSet::new(),
         dirmetas: HashSet::new(),
+        dir_by_path: HashMap::new(),
+        dir_by_pattern: HashMap::new(),
+        dirtree_numbers: order.iter().copied().zip(0u32..).collect(),
         by_size: std::sync::OnceLock::new(),
         content_hash: std::sync::Mutex::new(HashMap::new()),
         btf_maps: BtfMaps::default(),
@@ -549,6 +571,7 @@ fn generate_into(
     walk_old(repo, &a.root_tree, "", 0, &mut old)?;
     let mut new = New {
         dirtrees: Vec::new(),
+        dirtree_bases: Vec::new(),
         dirmetas: Vec::new(),
         files: Vec::new(),
         seen_trees: HashSet::new(),
@@ -556,6 +579,22 @@ fn generate_into(
         seen_files: HashSet::new(),
     };
     walk_new(repo, &old, &b.root_tree, &b.root_meta, "", 0, &mut new)?;
+    let base_dirtree = |k: u32| -> Result<Vec<u8>> {
+        let c = order
+            .get(k as usize)
+            .with_context(|| format!("A has no dirtree #{k}"))?;
+        repo.read_metadata(ObjectKind::DirTree, c)
+    };
+    // The device holds the bases as one zstd reference prefix: stop adding them at its limit.
+    let mut prefix_len = 0u64;
+    for b in &mut new.dirtree_bases {
+        if let Some(k) = *b {
+            prefix_len += base_dirtree(k)?.len() as u64;
+            if prefix_len > MAX_BASE_PREFIX {
+                *b = None;
+            }
+        }
+    }
     if opts.btf {
         old.btf_maps = learn_btf_maps(repo, &old, &new.files)?;
     }
@@ -583,15 +622,17 @@ fn generate_into(
         root_tree: b.root_tree,
         root_meta: b.root_meta,
         dirtrees: new.dirtrees,
+        dirtree_bases: new.dirtree_bases,
         dirmetas: new.dirmetas,
         parts: pw.parts,
         btf: std::mem::take(&mut old.btf_maps),
     };
-    let data = sb.encode(opts.level)?;
+    let data = sb.encode(opts.level, &mut |k| base_dirtree(k))?;
     let p: PathBuf = dir.join(SUPERBLOCK_NAME);
     crate::ostree::write_atomic(&p, &data, 0o644)?;
     sum.parts = sb.parts.len();
     sum.btf_map_runs = sb.btf.types.runs().len() + sb.btf.strings.runs().len();
+    sum.dirtree_bases = sb.dirtree_bases.iter().flatten().count();
     sum.superblock_size = data.len() as u64;
     sum.total_size = sum.superblock_size + sb.parts.iter().map(|p| p.size).sum::<u64>();
     Ok(sum)

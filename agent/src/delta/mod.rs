@@ -4,7 +4,8 @@
 //! has tree A. Commits are not part of it: every device writes its own commit for an image, so
 //! the caller writes one over the rebuilt root, as a layer import would. It is a directory (or
 //! an OCI artifact with the same blobs): a `superblock` (from/to content checksums, B's root,
-//! the dirtrees/dirmetas A lacks, a list of parts with sizes, SHA-256 and the objects each rebuilds)
+//! the dirtrees/dirmetas A lacks, compressed against A's dirtrees at the same paths, a list of
+//! parts with sizes, SHA-256 and the objects each rebuilds)
 //! and `part-NNNN` files, each one xz stream of operations: a file sent whole, a file as a
 //! zstd patch against an object of A (`--patch-from`), a bsdiff patch (for kernel objects
 //! against a BTF-renumbered source, see [`btf`]), or a file whose content A already has.
@@ -32,7 +33,7 @@ pub use generate::{generate, generate_with, DeltaSummary, GenerateOptions};
 pub use source::{apply_from_source, apply_manifest, delta_size, find_delta, ArtifactStore};
 
 /// OCI artifact type of a delta (its blobs: the superblock first, then the parts in order).
-pub const ARTIFACT_TYPE: &str = "application/vnd.otter.delta.v2";
+pub const ARTIFACT_TYPE: &str = "application/vnd.otter.delta.v3";
 /// Annotation on a delta artifact: the manifest digest of the image it starts from.
 pub const ANNOTATION_FROM: &str = "org.otter.delta.from";
 /// Annotation on a delta artifact: the content checksum (hex) of the tree it starts from.

@@ -14,7 +14,7 @@ use crate::verify::artifact::{
 use crate::verify::ArtifactDescriptor;
 
 /// Media type of the superblock layer of a delta artifact.
-pub const SUPERBLOCK_MEDIA_TYPE: &str = "application/vnd.otter.delta.superblock.v2";
+pub const SUPERBLOCK_MEDIA_TYPE: &str = "application/vnd.otter.delta.superblock.v3";
 /// Media type of a part layer of a delta artifact.
 pub const PART_MEDIA_TYPE: &str = "application/vnd.otter.delta.part.v2+xz";
 
