@@ -21,6 +21,8 @@ pub const MAX_SUPERBLOCK_SIZE: u64 = 64 << 20;
 pub const MAX_HEADER_SIZE: u32 = 1 << 20;
 /// zstd window of a superblock without dirtree bases (decoder buffer bound).
 pub const PART_WINDOW_LOG_MAX: u32 = 23;
+/// Most dirtree bases a superblock may list (an OS tree has some 10^4 directories).
+pub const MAX_DIRTREE_BASES: u32 = 1 << 20;
 /// Largest sum of base dirtrees a superblock may be compressed against (the decoder holds
 /// them as the zstd reference prefix).
 pub const MAX_BASE_PREFIX: u64 = 16 << 20;
@@ -104,7 +106,9 @@ impl Superblock {
         level: i32,
         base: &mut dyn FnMut(u32) -> Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
-        if self.dirtree_bases.len() > self.dirtrees.len() {
+        if self.dirtree_bases.len() > self.dirtrees.len()
+            || self.dirtree_bases.len() > MAX_DIRTREE_BASES as usize
+        {
             bail!(
                 "{} dirtree bases for {} dirtrees",
                 self.dirtree_bases.len(),
@@ -199,6 +203,9 @@ impl Superblock {
         }
         let from = read_checksum(r).context("reading the superblock's source tree")?;
         let n_bases = read_u32(r)?;
+        if n_bases > MAX_DIRTREE_BASES {
+            bail!("superblock lists {n_bases} dirtree bases, more than {MAX_DIRTREE_BASES}");
+        }
         let mut dirtree_bases = Vec::new();
         let mut prefix = Vec::new();
         let mut previous = -1i64;
@@ -589,6 +596,12 @@ mod tests {
         let mut bad = sb.clone();
         bad.dirtree_bases = vec![None; 5];
         assert!(bad.encode(3, &mut |k| base_a(k)).is_err());
+        // A hostile count is refused before anything is allocated for it.
+        let mut huge = enc[..40].to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge.extend_from_slice(&[0; 64]);
+        let err = Superblock::decode(&mut &huge[..], &mut |_, k| base_a(k)).unwrap_err();
+        assert!(format!("{err:#}").contains("dirtree bases"), "{err:#}");
         assert!(Superblock::decode(&mut &b"OTDELTA0"[..], &mut |_, k| base_a(k)).is_err());
     }
 
