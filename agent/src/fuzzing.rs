@@ -228,8 +228,8 @@ pub fn verify(data: &[u8]) {
 }
 
 /// First byte mod 3: 0 = a delta superblock file as stored (magic, `from`, dirtree bases, zstd
-/// body); 1 = the rest is the *uncompressed* superblock body (compressed here, so the fuzzer explores the part table,
-/// commit and BTF map parsers rather than zstd). Whatever decodes must re-encode and decode the
+/// body); 1 = the rest is the *uncompressed* superblock body (compressed here, so the fuzzer
+/// explores the part table, commit and BTF map parsers rather than zstd). Whatever decodes must re-encode and decode the
 /// same. 2 = a `.BTF` section a patch source names: rewriting it through a map either succeeds
 /// or fails leaving it unchanged.
 pub fn delta(data: &[u8]) {

@@ -171,17 +171,9 @@ impl Superblock {
             );
         }
         let frame = if prefix.is_empty() {
-            zstd::bulk::compress(&body, level)
+            zstd::bulk::compress(&body, level).map_err(anyhow::Error::from)
         } else {
-            (|| {
-                let mut enc =
-                    zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, &prefix)?;
-                enc.window_log(patch_window_log(prefix.len() as u64, body.len() as u64))?;
-                enc.include_contentsize(true)?;
-                enc.set_pledged_src_size(Some(body.len() as u64))?;
-                std::io::Write::write_all(&mut enc, &body)?;
-                enc.finish()
-            })()
+            zstd_patch(&prefix, &body, level)
         };
         out.extend_from_slice(&frame.context("compressing the superblock")?);
         Ok(out)
@@ -316,6 +308,23 @@ impl Superblock {
             btf: BtfMaps { types, strings },
         })
     }
+}
+
+/// One zstd frame of `new` with `old` as reference prefix (`zstd --patch-from`).
+pub fn zstd_patch(old: &[u8], new: &[u8], level: i32) -> Result<Vec<u8>> {
+    let wlog = patch_window_log(old.len() as u64, new.len() as u64);
+    let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, old)
+        .context("starting the zstd patch encoder")?;
+    enc.window_log(wlog).context("setting the zstd window")?;
+    if old.len() + new.len() > (8 << 20) {
+        enc.long_distance_matching(true).context("zstd options")?;
+    }
+    enc.include_checksum(false).context("zstd options")?;
+    enc.include_contentsize(true).context("zstd options")?;
+    enc.set_pledged_src_size(Some(new.len() as u64))
+        .context("zstd options")?;
+    std::io::Write::write_all(&mut enc, new).context("compressing a patch")?;
+    enc.finish().context("finishing a patch")
 }
 
 /// The decompressed superblock body, at most [`MAX_SUPERBLOCK_SIZE`] bytes.

@@ -10,7 +10,7 @@ use sha2::Digest;
 
 use super::btf::{find_btf, BtfMaps, MapBuilder};
 use super::format::{
-    base_dirtree_order, encode_header, patch_window_log, put_u64, HashWriter, PartInfo, Superblock,
+    base_dirtree_order, encode_header, put_u64, zstd_patch, HashWriter, PartInfo, Superblock,
     MAX_BASE_PREFIX, MAX_PATCH_SOURCE_SIZE, MAX_PATCH_TARGET_SIZE, OP_COPY, OP_END, OP_NEW,
     OP_PATCH_BSDIFF, OP_PATCH_BSDIFF_BTF, OP_PATCH_ZSTD, PART_DICT_MAX, PART_MAGIC,
 };
@@ -579,19 +579,20 @@ fn generate_into(
         seen_files: HashSet::new(),
     };
     walk_new(repo, &old, &b.root_tree, &b.root_meta, "", 0, &mut new)?;
-    let base_dirtree = |k: u32| -> Result<Vec<u8>> {
-        let c = order
-            .get(k as usize)
-            .with_context(|| format!("A has no dirtree #{k}"))?;
-        repo.read_metadata(ObjectKind::DirTree, c)
-    };
     // The device holds the bases as one zstd reference prefix: stop adding them at its limit.
+    let mut base_dirtrees: HashMap<u32, Vec<u8>> = HashMap::new();
     let mut prefix_len = 0u64;
     for b in &mut new.dirtree_bases {
         if let Some(k) = *b {
-            prefix_len += base_dirtree(k)?.len() as u64;
+            let c = order
+                .get(k as usize)
+                .with_context(|| format!("A has no dirtree #{k}"))?;
+            let data = repo.read_metadata(ObjectKind::DirTree, c)?;
+            prefix_len += data.len() as u64;
             if prefix_len > MAX_BASE_PREFIX {
                 *b = None;
+            } else {
+                base_dirtrees.insert(k, data);
             }
         }
     }
@@ -627,7 +628,12 @@ fn generate_into(
         parts: pw.parts,
         btf: std::mem::take(&mut old.btf_maps),
     };
-    let data = sb.encode(opts.level, &mut |k| base_dirtree(k))?;
+    let data = sb.encode(opts.level, &mut |k| {
+        base_dirtrees
+            .get(&k)
+            .cloned()
+            .with_context(|| format!("dirtree #{k} of A is not a base"))
+    })?;
     let p: PathBuf = dir.join(SUPERBLOCK_NAME);
     crate::ostree::write_atomic(&p, &data, 0o644)?;
     sum.parts = sb.parts.len();
@@ -753,9 +759,9 @@ fn prepare(
                     .map_or(raw.len(), |(_, est)| raw.len().min(*est));
                 let patch = if (oldc.len() + data.len()) as u64 <= ZSTD_PATCH_MAX_PAIR {
                     let level = patch_level(oldc.len() + data.len(), opts.patch_level);
-                    let quick = make_patch(&oldc, data, level.min(9))?;
+                    let quick = zstd_patch(&oldc, data, level.min(9))?;
                     if level > 9 && quick.len() * 4 < best_other * 5 {
-                        make_patch(&oldc, data, level)?
+                        zstd_patch(&oldc, data, level)?
                     } else {
                         quick
                     }
@@ -992,21 +998,4 @@ fn patch_level(total: usize, max: i32) -> i32 {
     } else {
         max.min(9)
     }
-}
-
-/// One zstd frame of `new` with `old` as reference prefix (`zstd --patch-from`).
-fn make_patch(old: &[u8], new: &[u8], level: i32) -> Result<Vec<u8>> {
-    let wlog = patch_window_log(old.len() as u64, new.len() as u64);
-    let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, old)
-        .context("starting the zstd patch encoder")?;
-    enc.window_log(wlog).context("setting the zstd window")?;
-    if old.len() + new.len() > (8 << 20) {
-        enc.long_distance_matching(true).context("zstd options")?;
-    }
-    enc.include_checksum(false).context("zstd options")?;
-    enc.include_contentsize(true).context("zstd options")?;
-    enc.set_pledged_src_size(Some(new.len() as u64))
-        .context("zstd options")?;
-    enc.write_all(new).context("compressing a patch")?;
-    enc.finish().context("finishing a patch")
 }
